@@ -1,0 +1,7 @@
+"""ensemble-engine: a plugin-based ensemble engine with a stable prediction format."""
+
+from .errors import EEError
+from .losses import create_loss
+from .store import PredictionStore, open_store
+
+__all__ = ["EEError", "PredictionStore", "create_loss", "open_store"]

@@ -1,0 +1,5 @@
+"""``python -m ensemble_engine`` (used by torchrun) runs the ``ee`` command line."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,96 @@
+"""``ee ls``, ``ee validate`` and ``ee store init``: looking at and setting up a store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..data import open_dataset, register_splits
+from ..store import Prediction, open_store
+
+FACTS = ("backbone", "loss", "test_size", "tta", "seed", "combiner")
+
+
+def prediction_row(pred: Prediction) -> dict:
+    source = pred.attrs.get("source") or {}
+    return {
+        "id": pred.id, "name": pred.name, "split": pred.split, "kind": pred.kind,
+        "shape": list(pred.shape),
+        "source": {k: source.get(k) for k in ("type", "plugin") if k in source},
+        "facts": {k: pred.attrs[k] for k in FACTS if k in pred.attrs},
+        "metrics": pred.metrics,
+    }
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+@click.command("ls")
+@click.argument("store")
+@click.option("--split", help="Only predictions of this split.")
+@click.option("--pattern", default="*", show_default=True, help="fnmatch pattern on names.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def ls_command(store: str, split: str | None, pattern: str, as_json: bool) -> None:
+    """List the complete predictions in STORE with their key facts and metrics."""
+    st = open_store(store, "r")
+    rows = [prediction_row(p) for p in st.list(pattern, split=split)]
+    if as_json:
+        click.echo(json.dumps({"store": st.path, "classes": st.classes,
+                               "splits": {s: st.split(s).n for s in st.split_names()},
+                               "predictions": rows}, indent=2))
+        return
+    table = Table("id", "kind", "shape", "source", "facts", "top1", "top5", "nll",
+                  title=f"{st.path}: {len(st.classes)} classes, splits "
+                  + ", ".join(f"{s} ({st.split(s).n})" for s in st.split_names()))
+    for r in rows:
+        m = r["metrics"]
+        table.add_row(r["id"], r["kind"], "×".join(map(str, r["shape"])),
+                      "/".join(str(v) for v in r["source"].values()),
+                      " ".join(f"{k}={v}" for k, v in r["facts"].items()),
+                      _fmt(m.get("top1")), _fmt(m.get("top5")), _fmt(m.get("nll")))
+    Console().print(table)
+    if not rows:
+        click.echo("no predictions yet: run `ee produce` or `ee import`", err=True)
+
+
+@click.command("validate")
+@click.argument("store")
+def validate_command(store: str) -> None:
+    """Check STORE against the format spec; exit 0 if valid, 1 listing every problem."""
+    from ..validate import validate_store
+
+    problems = validate_store(store)
+    if not problems:
+        click.echo(f"{store}: valid ee prediction store (format v1)")
+        return
+    for problem in problems:
+        click.echo(f"{store}: {problem}", err=True)
+    raise SystemExit(1)
+
+
+@click.group("store")
+def store_group() -> None:
+    """Set up prediction stores."""
+
+
+@store_group.command("init")
+@click.argument("store")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Image folder (VIPriors layout or ImageFolder); default: the embedded digits.")
+@click.option("--strict", is_flag=True, help="Fail on unreadable images instead of skipping them.")
+def store_init_command(store: str, data_dir: Path | None, strict: bool) -> None:
+    """Create STORE (if needed) and register the splits of a data folder.
+
+    Every producer writes rows in the order registered here, so predictions align.
+    """
+    params = {"strict": strict} if data_dir is not None else {}
+    source = open_dataset(data_dir, **params)
+    st = open_store(store, "a")
+    fps = register_splits(st, source)
+    for split, fp in fps.items():
+        click.echo(f"{split}: {st.split(split).n} samples ({fp})")
