@@ -63,11 +63,21 @@ def build_cli() -> click.Group:
         ctx.ensure_object(dict)
         ctx.obj["debug"] = debug
 
-    for command in (plugins_command, ls_command, validate_command, import_command,
-                    export_command, store_group):
+    for command in (
+        plugins_command,
+        ls_command,
+        validate_command,
+        import_command,
+        export_command,
+        store_group,
+    ):
         cli.add_command(command)
-    for module, name in (("produce", "produce_command"), ("produce", "recipes_command"),
-                         ("combine", "combine_command"), ("combine", "graphs_command")):
+    for module, name in (
+        ("produce", "produce_command"),
+        ("produce", "recipes_command"),
+        ("combine", "combine_command"),
+        ("combine", "graphs_command"),
+    ):
         command = _optional_command(module, name)
         if command is not None:
             cli.add_command(command)

@@ -71,7 +71,9 @@ class InputChunk:
             return softmax(self.scores)
         if self.kind == "probs":
             return np.asarray(self.scores, dtype=np.float32)
-        raise GraphError(f"input {self.id!r} holds labels, which cannot be turned into probabilities")
+        raise GraphError(
+            f"input {self.id!r} holds labels, which cannot be turned into probabilities"
+        )
 
     def labels(self) -> np.ndarray:
         """Predicted class index [n] in this input's class space."""
@@ -95,17 +97,34 @@ class InputSource(ABC):
         parts = [chunk for _, chunk in self.iter_chunks()]
         first = parts[0]
         if first.scores is not None:
-            return InputChunk(self.id, self.kind, self.classes, self.meta,
-                              scores=np.concatenate([p.scores for p in parts]))
-        return InputChunk(self.id, self.kind, self.classes, self.meta,
-                          label_ids=np.concatenate([p.label_ids for p in parts]))
+            return InputChunk(
+                self.id,
+                self.kind,
+                self.classes,
+                self.meta,
+                scores=np.concatenate([p.scores for p in parts]),
+            )
+        return InputChunk(
+            self.id,
+            self.kind,
+            self.classes,
+            self.meta,
+            label_ids=np.concatenate([p.label_ids for p in parts]),
+        )
 
 
 class ArrayInput(InputSource):
     """An ``InputSource`` over an in-memory array (tests, small data)."""
 
-    def __init__(self, id: str, kind: str, data: np.ndarray, classes: list[str],
-                 meta: dict[str, Any] | None = None, chunk_rows: int = 4096) -> None:
+    def __init__(
+        self,
+        id: str,
+        kind: str,
+        data: np.ndarray,
+        classes: list[str],
+        meta: dict[str, Any] | None = None,
+        chunk_rows: int = 4096,
+    ) -> None:
         self.id, self.kind, self.classes, self.meta = id, kind, list(classes), dict(meta or {})
         self.data, self.chunk_rows = np.asarray(data), chunk_rows
 
@@ -118,8 +137,9 @@ class ArrayInput(InputSource):
         part = self.data[rows]
         if self.kind == "labels":
             return InputChunk(self.id, self.kind, self.classes, self.meta, label_ids=part)
-        return InputChunk(self.id, self.kind, self.classes, self.meta,
-                          scores=part.astype(np.float32))
+        return InputChunk(
+            self.id, self.kind, self.classes, self.meta, scores=part.astype(np.float32)
+        )
 
 
 @dataclass
@@ -153,7 +173,9 @@ class Combiner(ABC):
         except jsonschema.ValidationError as exc:
             where = "/".join(str(p) for p in exc.absolute_path) or "params"
             raise GraphError(f"{where}: {exc.message}") from None
-        filled = {k: v["default"] for k, v in schema.get("properties", {}).items() if "default" in v}
+        filled = {
+            k: v["default"] for k, v in schema.get("properties", {}).items() if "default" in v
+        }
         filled.update(params)
         return filled
 

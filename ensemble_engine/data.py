@@ -54,6 +54,7 @@ def register_splits(store, source: DatasetSource) -> dict[str, str]:
     out = {}
     for split in source.split_names():
         samples = source.samples(split)
-        out[split] = store.add_split(split, [s.sample_id for s in samples],
-                                     [s.label for s in samples])
+        out[split] = store.add_split(
+            split, [s.sample_id for s in samples], [s.label for s in samples]
+        )
     return out

@@ -24,7 +24,13 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 class Register(Protocol):
     def __call__(
-        self, name: str, factory: Any, *, description: str = "", aliases: tuple[str, ...] = (), **capabilities: Any
+        self,
+        name: str,
+        factory: Any,
+        *,
+        description: str = "",
+        aliases: tuple[str, ...] = (),
+        **capabilities: Any,
     ) -> Any: ...
 
 

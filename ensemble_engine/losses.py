@@ -18,7 +18,9 @@ def create_loss(name: str, **params: Any):
     try:
         return entry.factory(**params)
     except TypeError as exc:
-        raise RecipeError(f"loss {entry.name!r} does not accept parameters {sorted(params)}: {exc}") from None
+        raise RecipeError(
+            f"loss {entry.name!r} does not accept parameters {sorted(params)}: {exc}"
+        ) from None
 
 
 def list_losses(pattern: str = "*") -> list[str]:

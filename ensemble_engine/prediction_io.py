@@ -52,9 +52,20 @@ class PredictionWriter:
     the row count is checked, metrics are stored and ``complete: true`` is written last.
     """
 
-    def __init__(self, root: zarr.Group, name: str, split: Split, *, kind: str,
-                 classes: list[str], store_classes: list[str], meta: dict[str, Any],
-                 dtype: str, chunk_rows: int, label_map: np.ndarray) -> None:
+    def __init__(
+        self,
+        root: zarr.Group,
+        name: str,
+        split: Split,
+        *,
+        kind: str,
+        classes: list[str],
+        store_classes: list[str],
+        meta: dict[str, Any],
+        dtype: str,
+        chunk_rows: int,
+        label_map: np.ndarray,
+    ) -> None:
         self.root, self.name, self.split = root, name, split
         self.kind, self.classes, self.dtype = kind, classes, dtype
         self.meta = clean_attrs(meta)
@@ -73,17 +84,28 @@ class PredictionWriter:
     def __enter__(self) -> PredictionWriter:
         n, k = self.split.n, len(self.classes)
         g = self.root.require_group(f"predictions/{self.name}/{self.split.name}")
-        attrs = {**self.meta, "kind": self.kind, "split": self.split.name,
-                 "split_fingerprint": self.split.fingerprint, "complete": False}
+        attrs = {
+            **self.meta,
+            "kind": self.kind,
+            "split": self.split.name,
+            "split_fingerprint": self.split.fingerprint,
+            "complete": False,
+        }
         if self.classes != self.store_classes:
             attrs["classes"] = list(self.classes)
         g.attrs.put(attrs) if hasattr(g.attrs, "put") else g.attrs.update(attrs)
         if self.kind == "labels":
-            g.create_array("label", shape=(n,), dtype="int32", chunks=(self.chunk_rows,),
-                           compressors=None)
+            g.create_array(
+                "label", shape=(n,), dtype="int32", chunks=(self.chunk_rows,), compressors=None
+            )
         else:
-            g.create_array("scores", shape=(n, k), dtype=self.dtype, chunks=(self.chunk_rows, k),
-                           compressors=None)
+            g.create_array(
+                "scores",
+                shape=(n, k),
+                dtype=self.dtype,
+                chunks=(self.chunk_rows, k),
+                compressors=None,
+            )
         self.group = g
         self._filled = np.zeros(n, dtype=bool)
         return self
@@ -91,14 +113,18 @@ class PredictionWriter:
     def _check_block(self, block: np.ndarray, start: int) -> None:
         k = len(self.classes)
         if self.kind != "labels" and (block.ndim != 2 or block.shape[1] != k):
-            raise StoreError(f"{self.id}: scores block of shape {block.shape}, expected [rows, {k}]")
+            raise StoreError(
+                f"{self.id}: scores block of shape {block.shape}, expected [rows, {k}]"
+            )
         if start + len(block) > self.split.n:
             raise StoreError(f"{self.id}: more rows than the split's {self.split.n} samples")
         if self.kind != "labels":
             bad = int((~np.isfinite(block)).any(axis=1).sum())
             if bad:
-                raise StoreError(f"{self.id}: {bad} rows hold NaN or Inf scores; the producer "
-                                 "diverged or the import is broken, nothing was written")
+                raise StoreError(
+                    f"{self.id}: {bad} rows hold NaN or Inf scores; the producer "
+                    "diverged or the import is broken, nothing was written"
+                )
 
     def write(self, block: np.ndarray) -> None:
         """Append the next row block."""
@@ -117,7 +143,9 @@ class PredictionWriter:
             self.group["label"][rows] = block.astype(np.int32)
         else:
             self.group["scores"][rows] = block.astype(self.dtype)
-            block = np.asarray(block.astype(self.dtype), dtype=np.float32)  # metrics of what is stored
+            block = np.asarray(
+                block.astype(self.dtype), dtype=np.float32
+            )  # metrics of what is stored
         self.metrics.update(block, self.pred_labels[rows])
         self._filled[rows] = True
 
@@ -127,10 +155,16 @@ class PredictionWriter:
         if votes is not None:
             votes = np.asarray(votes, dtype=np.float32)
             if votes.shape != (self.split.n, len(self.classes)):
-                raise StoreError(f"{self.id}: votes of shape {votes.shape}, expected "
-                                 f"[{self.split.n}, {len(self.classes)}]")
-            arr = self.group.create_array("votes", shape=votes.shape, dtype="float32",
-                                          chunks=(self.chunk_rows, votes.shape[1]))
+                raise StoreError(
+                    f"{self.id}: votes of shape {votes.shape}, expected "
+                    f"[{self.split.n}, {len(self.classes)}]"
+                )
+            arr = self.group.create_array(
+                "votes",
+                shape=votes.shape,
+                dtype="float32",
+                chunks=(self.chunk_rows, votes.shape[1]),
+            )
             arr[:] = votes
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -142,10 +176,12 @@ class PredictionWriter:
             self.abort()
             raise StoreError(f"{self.id}: {missing} of {self.split.n} rows were never written")
         assert self.group is not None
-        self.group.attrs.update({
-            "metrics": self.metrics.result(),
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        })
+        self.group.attrs.update(
+            {
+                "metrics": self.metrics.result(),
+                "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            }
+        )
         self.group.attrs.update({"complete": True})
 
     def abort(self) -> None:

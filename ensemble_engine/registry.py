@@ -45,7 +45,9 @@ class Registry:
         **capabilities: Any,
     ) -> Entry:
         if not isinstance(name, str) or not name or name != name.strip():
-            raise PluginError(f"plugin {plugin!r} registered a {self.kind} with an invalid name {name!r}")
+            raise PluginError(
+                f"plugin {plugin!r} registered a {self.kind} with an invalid name {name!r}"
+            )
         entry = Entry(name, factory, description, plugin, tuple(aliases), dict(capabilities))
         for key in (name, *entry.aliases):
             owner = self._owner(key)

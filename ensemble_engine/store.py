@@ -55,7 +55,9 @@ def parse_id(pred_id: str) -> tuple[str, str]:
     """``name/split`` → (name, split)."""
     parts = pred_id.split("/")
     if len(parts) != 2:
-        raise StoreError(f"invalid prediction id {pred_id!r}: the form is NAME/SPLIT, e.g. final/test")
+        raise StoreError(
+            f"invalid prediction id {pred_id!r}: the form is NAME/SPLIT, e.g. final/test"
+        )
     return check_name(parts[0], "prediction name"), check_name(parts[1], "split name")
 
 
@@ -146,8 +148,12 @@ class PredictionStore:
         return sorted(self.group["splits"].group_keys())
 
     def add_split(
-        self, name: str, sample_ids: Sequence[str], labels: Sequence[int] | np.ndarray | None = None,
-        *, replace: bool = False,
+        self,
+        name: str,
+        sample_ids: Sequence[str],
+        labels: Sequence[int] | np.ndarray | None = None,
+        *,
+        replace: bool = False,
     ) -> str:
         """Register a split; the same ids again is a no-op, different ids an error unless ``replace``."""
         check_name(name, "split name")
@@ -160,7 +166,9 @@ class PredictionStore:
         if lab.shape != (len(ids),):
             raise StoreError(f"split {name!r}: {len(lab)} labels for {len(ids)} samples")
         if len(self.classes) and (lab >= len(self.classes)).any():
-            raise StoreError(f"split {name!r} has labels outside the store's {len(self.classes)} classes")
+            raise StoreError(
+                f"split {name!r} has labels outside the store's {len(self.classes)} classes"
+            )
         fp = split_fingerprint(ids)
         if name in self.split_names():
             old = self.group[f"splits/{name}"].attrs.get("fingerprint")
@@ -183,12 +191,13 @@ class PredictionStore:
     def split(self, name: str) -> Split:
         if name not in self.split_names():
             known = ", ".join(self.split_names()) or "none"
-            raise StoreError(f"store {self.path} has no split {name!r} (splits: {known}); "
-                             "register it with `ee store init STORE --data DIR`")
+            raise StoreError(
+                f"store {self.path} has no split {name!r} (splits: {known}); "
+                "register it with `ee store init STORE --data DIR`"
+            )
         g = self.group[f"splits/{name}"]
         ids = np.array([str(x) for x in g["sample_id"][:]], dtype=object)
-        return Split(name, ids, np.asarray(g["label"][:]),
-                     str(g.attrs["fingerprint"]))
+        return Split(name, ids, np.asarray(g["label"][:]), str(g.attrs["fingerprint"]))
 
     # --- predictions ------------------------------------------------------------------------
 
@@ -201,8 +210,15 @@ class PredictionStore:
         return g is not None and (include_incomplete or g.attrs.get("complete") is True)
 
     def prediction_writer(
-        self, name: str, split: str, *, kind: str, meta: dict[str, Any] | None = None,
-        classes: Sequence[str] | None = None, dtype: str = "float16", replace: bool = False,
+        self,
+        name: str,
+        split: str,
+        *,
+        kind: str,
+        meta: dict[str, Any] | None = None,
+        classes: Sequence[str] | None = None,
+        dtype: str = "float16",
+        replace: bool = False,
         chunk_rows: int | None = None,
     ) -> PredictionWriter:
         """A context manager that writes a prediction row block by row block."""
@@ -216,27 +232,44 @@ class PredictionStore:
         if not pred_classes:
             raise StoreError(f"store {self.path} has no classes yet; run `ee store init` first")
         if self.exists(name, split) and not replace:
-            raise StoreError(f"prediction {name}/{split} already exists; pass replace (--force) "
-                             "to overwrite it or choose another name")
+            raise StoreError(
+                f"prediction {name}/{split} already exists; pass replace (--force) "
+                "to overwrite it or choose another name"
+            )
         if self._pred_group(name, split) is not None:
             del self.group[f"predictions/{name}/{split}"]
         label_map = _label_map(self.classes, pred_classes)
         return PredictionWriter(
-            self.group, name, sp, kind=kind, classes=pred_classes,
-            store_classes=self.classes, meta=dict(meta or {}), dtype=dtype,
+            self.group,
+            name,
+            sp,
+            kind=kind,
+            classes=pred_classes,
+            store_classes=self.classes,
+            meta=dict(meta or {}),
+            dtype=dtype,
             chunk_rows=chunk_rows or chunk_rows_for(len(pred_classes), np.dtype(dtype).itemsize),
             label_map=label_map,
         )
 
     def write_prediction(
-        self, name: str, split: str, *, kind: str, scores: np.ndarray | None = None,
-        labels: np.ndarray | None = None, votes: np.ndarray | None = None,
-        meta: dict[str, Any] | None = None, classes: Sequence[str] | None = None,
-        dtype: str = "float16", replace: bool = False,
+        self,
+        name: str,
+        split: str,
+        *,
+        kind: str,
+        scores: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        votes: np.ndarray | None = None,
+        meta: dict[str, Any] | None = None,
+        classes: Sequence[str] | None = None,
+        dtype: str = "float16",
+        replace: bool = False,
     ) -> Prediction:
         """Write a whole prediction at once (see ``prediction_writer`` for streaming)."""
-        with self.prediction_writer(name, split, kind=kind, meta=meta, classes=classes,
-                                    dtype=dtype, replace=replace) as w:
+        with self.prediction_writer(
+            name, split, kind=kind, meta=meta, classes=classes, dtype=dtype, replace=replace
+        ) as w:
             if kind == "labels":
                 if labels is None:
                     raise StoreError("a labels prediction needs labels")
@@ -252,8 +285,14 @@ class PredictionStore:
             return []
         return sorted(self.group["predictions"].group_keys())
 
-    def list(self, pattern: str = "*", *, split: str | None = None,
-             include_incomplete: bool = False, **where: Any) -> list[Prediction]:
+    def list(
+        self,
+        pattern: str = "*",
+        *,
+        split: str | None = None,
+        include_incomplete: bool = False,
+        **where: Any,
+    ) -> list[Prediction]:
         """Predictions whose name matches ``pattern`` (fnmatch) and whose attrs equal ``where``."""
         out = []
         for name in self.names():
@@ -277,8 +316,9 @@ class PredictionStore:
 
     def get(self, name: str, split: str) -> Prediction:
         if not self.exists(name, split):
-            raise StoreError(f"store {self.path} has no complete prediction {name}/{split}; "
-                             "see `ee ls STORE`")
+            raise StoreError(
+                f"store {self.path} has no complete prediction {name}/{split}; see `ee ls STORE`"
+            )
         return self._load(name, split)
 
     def classes_of(self, pred: Prediction) -> list[str]:
@@ -296,8 +336,9 @@ class PredictionStore:
         g = self.group[f"predictions/{name}/{split}"]
         return np.asarray(g["votes"][:]) if "votes" in g else None
 
-    def iter_rows(self, name: str, split: str, chunk_rows: int | None = None
-                  ) -> Iterator[tuple[slice, np.ndarray]]:
+    def iter_rows(
+        self, name: str, split: str, chunk_rows: int | None = None
+    ) -> Iterator[tuple[slice, np.ndarray]]:
         """Row blocks aligned to the stored chunks, so each chunk is read once."""
         pred = self.get(name, split)
         g = self.group[f"predictions/{name}/{split}"]
@@ -355,8 +396,10 @@ def open_store(path: str | Path, mode: str = "a") -> PredictionStore:
         try:
             group = zarr.open_group(store=spath, mode="r" if mode == "r" else "r+")
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-            raise StoreError(f"no prediction store at {spath}; create one with "
-                             "`ee store init STORE --data DIR` or `ee produce`") from None
+            raise StoreError(
+                f"no prediction store at {spath}; create one with "
+                "`ee store init STORE --data DIR` or `ee produce`"
+            ) from None
         _check_version(group, spath)
         return PredictionStore(group, spath, mode)
     group = zarr.open_group(store=spath, mode="w")
@@ -377,8 +420,10 @@ def _exists(spath: str, is_url: bool) -> bool:
 def _check_version(group: zarr.Group, spath: str) -> None:
     info = group.attrs.get("ee")
     if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise StoreError(f"{spath} is a zarr group but not an ee prediction store "
-                         "(root attrs lack ee.format); point at a store written by ee")
+        raise StoreError(
+            f"{spath} is a zarr group but not an ee prediction store "
+            "(root attrs lack ee.format); point at a store written by ee"
+        )
     version = info.get("version")
     if not isinstance(version, int) or version > VERSION:
         raise FormatVersionError(

@@ -13,8 +13,10 @@ from .store import FORMAT, VERSION, check_name, split_fingerprint
 
 def _schema_problems(where: str, attrs: dict, schema_name: str) -> list[str]:
     validator = jsonschema.Draft202012Validator(load_schema(schema_name))
-    return [f"{where}: attrs {'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
-            for e in validator.iter_errors(attrs)]
+    return [
+        f"{where}: attrs {'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
+        for e in validator.iter_errors(attrs)
+    ]
 
 
 def validate_store(path: str) -> list[str]:
@@ -25,7 +27,11 @@ def validate_store(path: str) -> list[str]:
         return [f"cannot open as a zarr group ({type(exc).__name__}: {exc})"]
     attrs = root.attrs.asdict()
     info = attrs.get("ee")
-    if isinstance(info, dict) and isinstance(info.get("version"), int) and info["version"] > VERSION:
+    if (
+        isinstance(info, dict)
+        and isinstance(info.get("version"), int)
+        and info["version"] > VERSION
+    ):
         return [f"format version {info['version']} is newer than this reader ({VERSION})"]
     problems = _schema_problems("root", attrs, "store-root")
     if isinstance(info, dict) and info.get("format") != FORMAT:
@@ -53,20 +59,30 @@ def _check_splits(root: zarr.Group, n_classes: int, problems: list[str]) -> dict
         ids = [str(x) for x in g["sample_id"][:]]
         labels = np.asarray(g["label"][:])
         if g["label"].dtype != np.dtype("int32") or labels.shape != (len(ids),):
-            problems.append(f"{where}: label must be int32 [{len(ids)}], is {g['label'].dtype} "
-                            f"{list(labels.shape)}")
+            problems.append(
+                f"{where}: label must be int32 [{len(ids)}], is {g['label'].dtype} "
+                f"{list(labels.shape)}"
+            )
         elif labels.size and (labels.min() < -1 or labels.max() >= n_classes):
             problems.append(f"{where}: labels outside -1..{n_classes - 1}")
         fp = split_fingerprint(ids)
         if g.attrs.get("fingerprint") != fp:
-            problems.append(f"{where}: fingerprint {g.attrs.get('fingerprint')} does not match its "
-                            f"sample ids ({fp})")
+            problems.append(
+                f"{where}: fingerprint {g.attrs.get('fingerprint')} does not match its "
+                f"sample ids ({fp})"
+            )
         splits[split] = (len(ids), fp)
     return splits
 
 
-def _check_prediction(root: zarr.Group, name: str, split: str, classes: list[str],
-                      splits: dict[str, tuple], problems: list[str]) -> None:
+def _check_prediction(
+    root: zarr.Group,
+    name: str,
+    split: str,
+    classes: list[str],
+    splits: dict[str, tuple],
+    problems: list[str],
+) -> None:
     where = f"predictions/{name}/{split}"
     try:
         check_name(name, "prediction name")
@@ -84,8 +100,10 @@ def _check_prediction(root: zarr.Group, name: str, split: str, classes: list[str
         return
     n, fp = splits[split]
     if attrs.get("split_fingerprint") != fp:
-        problems.append(f"{where}: split_fingerprint {attrs.get('split_fingerprint')} differs from "
-                        f"split {split!r} ({fp})")
+        problems.append(
+            f"{where}: split_fingerprint {attrs.get('split_fingerprint')} differs from "
+            f"split {split!r} ({fp})"
+        )
     k = len(attrs.get("classes") or classes)
     if attrs.get("kind") == "labels":
         _check_array(g, "label", (n,), ("int32",), where, problems)
@@ -95,8 +113,9 @@ def _check_prediction(root: zarr.Group, name: str, split: str, classes: list[str
         _check_array(g, "scores", (n, k), ("float16", "float32"), where, problems)
 
 
-def _check_array(g: zarr.Group, key: str, shape: tuple, dtypes: tuple, where: str,
-                 problems: list[str]) -> None:
+def _check_array(
+    g: zarr.Group, key: str, shape: tuple, dtypes: tuple, where: str, problems: list[str]
+) -> None:
     if key not in g:
         problems.append(f"{where}: missing array {key!r}")
         return

@@ -24,16 +24,20 @@ def read_timm_csv(path: Path) -> tuple[list[str], np.ndarray, str]:
         header = next(reader, None)
         rows = list(reader)
     if not header or not rows:
-        raise StoreError(f"{path} is empty; export full class scores with timm's inference.py "
-                         "--topk 0 --results-separate-col --results-format csv")
+        raise StoreError(
+            f"{path} is empty; export full class scores with timm's inference.py "
+            "--topk 0 --results-separate-col --results-format csv"
+        )
     cols = {}
     for i, name in enumerate(header):
         m = re.fullmatch(r"(logit|prob)_(\d+)", name)
         if m:
             cols[int(m.group(2))] = (i, m.group(1))
     if not cols or sorted(cols) != list(range(len(cols))):
-        raise StoreError(f"{path} has no full set of logit_<k>/prob_<k> columns; export with timm's "
-                         "inference.py --topk 0 --results-separate-col")
+        raise StoreError(
+            f"{path} has no full set of logit_<k>/prob_<k> columns; export with timm's "
+            "inference.py --topk 0 --results-separate-col"
+        )
     kinds = {kind for _, kind in cols.values()}
     if len(kinds) != 1:
         raise StoreError(f"{path} mixes logit_ and prob_ columns; keep one kind per file")
@@ -55,12 +59,16 @@ def align_rows(names: list[str], sample_ids: np.ndarray) -> np.ndarray:
             base[key] = -1 if key in base else i
         missing = [n for n in names if base.get(n.rsplit("/", 1)[-1], -1) < 0]
         if missing:
-            raise StoreError(f"{len(missing)} rows name no unique sample of the split "
-                             f"(first: {missing[0]!r}); check --split")
+            raise StoreError(
+                f"{len(missing)} rows name no unique sample of the split "
+                f"(first: {missing[0]!r}); check --split"
+            )
         order = [base[n.rsplit("/", 1)[-1]] for n in names]
     if len(set(order)) != len(sample_ids) or len(order) != len(sample_ids):
-        raise StoreError(f"the file has {len(names)} rows for {len(sample_ids)} samples of the split "
-                         "(or repeats one); it must cover each sample exactly once")
+        raise StoreError(
+            f"the file has {len(names)} rows for {len(sample_ids)} samples of the split "
+            "(or repeats one); it must cover each sample exactly once"
+        )
     perm = np.empty(len(order), dtype=np.int64)
     perm[np.asarray(order)] = np.arange(len(order))
     return perm
@@ -71,11 +79,16 @@ def align_rows(names: list[str], sample_ids: np.ndarray) -> np.ndarray:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--split", required=True, help="The store split the rows belong to.")
 @click.option("--id", "name", required=True, help="Prediction name to write (e.g. my-model-s320).")
-@click.option("--kind", type=click.Choice(["logits", "probs"]), default=None,
-              help="What the scores are (default: logits for .npy, from the columns for CSV).")
+@click.option(
+    "--kind",
+    type=click.Choice(["logits", "probs"]),
+    default=None,
+    help="What the scores are (default: logits for .npy, from the columns for CSV).",
+)
 @click.option("--force", is_flag=True, help="Replace an existing prediction of that name.")
-def import_command(store: str, file: Path, split: str, name: str, kind: str | None,
-                   force: bool) -> None:
+def import_command(
+    store: str, file: Path, split: str, name: str, kind: str | None, force: bool
+) -> None:
     """Import FILE as prediction NAME/SPLIT into STORE.
 
     FILE is a .npy array [N, C] in the split's row order (a 1-D integer array imports labels),
@@ -91,22 +104,28 @@ def import_command(store: str, file: Path, split: str, name: str, kind: str | No
             click.echo(f"imported labels {name}/{split} ({len(data)} rows)")
             return
         if data.ndim != 2 or data.shape != (sp.n, len(st.classes)):
-            raise StoreError(f"{file.name} has shape {list(data.shape)}, split {split!r} needs "
-                             f"[{sp.n}, {len(st.classes)}]")
+            raise StoreError(
+                f"{file.name} has shape {list(data.shape)}, split {split!r} needs "
+                f"[{sp.n}, {len(st.classes)}]"
+            )
         scores, kind = data, kind or "logits"
     elif file.suffix.lower() == ".csv":
         names, scores, csv_kind = read_timm_csv(file)
         if scores.shape[1] != len(st.classes):
-            raise StoreError(f"{file.name} has {scores.shape[1]} class columns, the store "
-                             f"{len(st.classes)} classes")
+            raise StoreError(
+                f"{file.name} has {scores.shape[1]} class columns, the store "
+                f"{len(st.classes)} classes"
+            )
         scores = scores[align_rows(names, sp.sample_ids)]
         kind = kind or csv_kind
     else:
         raise StoreError(f"cannot import {file.name}: use a .npy array or a timm inference CSV")
     pred = st.write_prediction(name, split, kind=kind, scores=scores, meta=meta, replace=force)
     top1 = pred.metrics.get("top1")
-    click.echo(f"imported {pred.id} ({kind}, {sp.n}×{len(st.classes)})"
-               + (f", top1 {top1:.4f}" if top1 is not None else ""))
+    click.echo(
+        f"imported {pred.id} ({kind}, {sp.n}×{len(st.classes)})"
+        + (f", top1 {top1:.4f}" if top1 is not None else "")
+    )
 
 
 def submission_csv(sample_ids: np.ndarray, ranked: np.ndarray) -> str:
@@ -122,18 +141,30 @@ def submission_csv(sample_ids: np.ndarray, ranked: np.ndarray) -> str:
 @click.command("export")
 @click.argument("store")
 @click.argument("pred_id", metavar="ID")
-@click.option("--top-k", type=click.IntRange(1), default=1, show_default=True,
-              help="Write the K best class indices per sample, space-separated.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write to a file instead of stdout.")
+@click.option(
+    "--top-k",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Write the K best class indices per sample, space-separated.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to a file instead of stdout.",
+)
 def export_command(store: str, pred_id: str, top_k: int, output: Path | None) -> None:
     """Export prediction ID (NAME/SPLIT, e.g. final/test) as a VIPriors submission CSV."""
     name, split = parse_id(pred_id)
     st = open_store(store, "r")
     pred = st.get(name, split)
     if st.classes_of(pred) != st.classes:
-        raise StoreError(f"{pred.id} covers a class subset; export a full-space prediction "
-                         "(e.g. the coverage node's output)")
+        raise StoreError(
+            f"{pred.id} covers a class subset; export a full-space prediction "
+            "(e.g. the coverage node's output)"
+        )
     data = st.read(name, split)
     if pred.kind == "labels":
         if top_k > 1:

@@ -18,7 +18,10 @@ FACTS = ("backbone", "loss", "test_size", "tta", "seed", "combiner")
 def prediction_row(pred: Prediction) -> dict:
     source = pred.attrs.get("source") or {}
     return {
-        "id": pred.id, "name": pred.name, "split": pred.split, "kind": pred.kind,
+        "id": pred.id,
+        "name": pred.name,
+        "split": pred.split,
+        "kind": pred.kind,
         "shape": list(pred.shape),
         "source": {k: source.get(k) for k in ("type", "plugin") if k in source},
         "facts": {k: pred.attrs[k] for k in FACTS if k in pred.attrs},
@@ -40,19 +43,42 @@ def ls_command(store: str, split: str | None, pattern: str, as_json: bool) -> No
     st = open_store(store, "r")
     rows = [prediction_row(p) for p in st.list(pattern, split=split)]
     if as_json:
-        click.echo(json.dumps({"store": st.path, "classes": st.classes,
-                               "splits": {s: st.split(s).n for s in st.split_names()},
-                               "predictions": rows}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "store": st.path,
+                    "classes": st.classes,
+                    "splits": {s: st.split(s).n for s in st.split_names()},
+                    "predictions": rows,
+                },
+                indent=2,
+            )
+        )
         return
-    table = Table("id", "kind", "shape", "source", "facts", "top1", "top5", "nll",
-                  title=f"{st.path}: {len(st.classes)} classes, splits "
-                  + ", ".join(f"{s} ({st.split(s).n})" for s in st.split_names()))
+    table = Table(
+        "id",
+        "kind",
+        "shape",
+        "source",
+        "facts",
+        "top1",
+        "top5",
+        "nll",
+        title=f"{st.path}: {len(st.classes)} classes, splits "
+        + ", ".join(f"{s} ({st.split(s).n})" for s in st.split_names()),
+    )
     for r in rows:
         m = r["metrics"]
-        table.add_row(r["id"], r["kind"], "×".join(map(str, r["shape"])),
-                      "/".join(str(v) for v in r["source"].values()),
-                      " ".join(f"{k}={v}" for k, v in r["facts"].items()),
-                      _fmt(m.get("top1")), _fmt(m.get("top5")), _fmt(m.get("nll")))
+        table.add_row(
+            r["id"],
+            r["kind"],
+            "×".join(map(str, r["shape"])),
+            "/".join(str(v) for v in r["source"].values()),
+            " ".join(f"{k}={v}" for k, v in r["facts"].items()),
+            _fmt(m.get("top1")),
+            _fmt(m.get("top5")),
+            _fmt(m.get("nll")),
+        )
     Console().print(table)
     if not rows:
         click.echo("no predictions yet: run `ee produce` or `ee import`", err=True)
@@ -80,8 +106,13 @@ def store_group() -> None:
 
 @store_group.command("init")
 @click.argument("store")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
-              help="Image folder (VIPriors layout or ImageFolder); default: the embedded digits.")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Image folder (VIPriors layout or ImageFolder); default: the embedded digits.",
+)
 @click.option("--strict", is_flag=True, help="Fail on unreadable images instead of skipping them.")
 def store_init_command(store: str, data_dir: Path | None, strict: bool) -> None:
     """Create STORE (if needed) and register the splits of a data folder.
