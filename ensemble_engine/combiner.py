@@ -179,7 +179,7 @@ class Combiner(ABC):
         filled.update(params)
         return filled
 
-    def fit(self, inputs: dict[str, list[InputSource]], labels: np.ndarray) -> None:
+    def fit(self, inputs: dict[str, list[InputSource]], labels: np.ndarray) -> None:  # noqa: B027
         """Learn from the fit split (``labels`` are store class indices). Default: nothing."""
 
     @abstractmethod

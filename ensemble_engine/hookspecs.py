@@ -39,12 +39,12 @@ class Register(Protocol):
 
 @hookspec
 def register_losses(register: Register) -> None:
-    """Register loss factories: ``factory(**params) -> torch.nn.Module`` with forward(logits, target)."""
+    """Register losses: ``factory(**params) -> torch.nn.Module`` with forward(logits, target)."""
 
 
 @hookspec
 def register_datasets(register: Register) -> None:
-    """Register dataset factories: ``factory(root, **params) -> ensemble_engine.data.DatasetSource``."""
+    """Register datasets: ``factory(root, **params) -> ensemble_engine.data.DatasetSource``."""
 
 
 @hookspec

@@ -34,7 +34,7 @@ class PluginInfo:
 
 
 class PluginHost:
-    """Owns the pluggy manager and one ``Registry`` per kind; typed access for the rest of the code."""
+    """Owns the pluggy manager and one ``Registry`` per kind, with typed access to each."""
 
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)

@@ -155,7 +155,7 @@ class PredictionStore:
         *,
         replace: bool = False,
     ) -> str:
-        """Register a split; the same ids again is a no-op, different ids an error unless ``replace``."""
+        """Register a split: the same ids is a no-op, other ids an error unless ``replace``."""
         check_name(name, "split name")
         ids = [str(s) for s in sample_ids]
         if not ids:
@@ -176,7 +176,8 @@ class PredictionStore:
                 return fp
             if not replace:
                 raise AlignmentError(
-                    f"split {name!r} in {self.path} holds other samples (fingerprint {old}, new {fp}): "
+                    f"split {name!r} in {self.path} holds other samples "
+                    f"(fingerprint {old}, new {fp}): "
                     "use another store, or re-register with replace"
                 )
             del self.group[f"splits/{name}"]
@@ -357,7 +358,7 @@ class PredictionStore:
             del self.group[f"predictions/{name}"]
 
     def check_aligned(self, preds: Sequence[Prediction], *, allow_subset: bool = False) -> None:
-        """All of ``preds`` must share one split fingerprint and (unless allowed) the store classes."""
+        """``preds`` must share one split fingerprint and (unless allowed) the store's classes."""
         fps = {p.attrs.get("split_fingerprint") for p in preds}
         if len(fps) > 1:
             raise AlignmentError(
@@ -367,7 +368,8 @@ class PredictionStore:
         for p in preds:
             if not allow_subset and self.classes_of(p) != self.classes:
                 raise AlignmentError(
-                    f"prediction {p.id} covers classes {_short(self.classes_of(p))}, not the store's; "
+                    f"prediction {p.id} covers classes {_short(self.classes_of(p))}, "
+                    "not the store's; "
                     "map it to the store's classes or use a combiner that accepts class subsets"
                 )
 

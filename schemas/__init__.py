@@ -12,6 +12,6 @@ NAMES = ("store-root", "split", "prediction")
 
 @cache
 def load_schema(name: str, version: int = 1) -> dict[str, Any]:
-    """The JSON Schema ``<name>.v<version>.schema.json`` (``store-root``, ``split``, ``prediction``)."""
+    """The JSON Schema ``<name>.v<version>.schema.json`` (store-root, split or prediction)."""
     text = resources.files(__name__).joinpath(f"{name}.v{version}.schema.json").read_text("utf-8")
     return json.loads(text)

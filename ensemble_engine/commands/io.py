@@ -17,7 +17,8 @@ from ..store import open_store, parse_id
 def read_timm_csv(path: Path) -> tuple[list[str], np.ndarray, str]:
     """timm ``inference.py`` CSV with full class columns (``--topk 0 --results-separate-col``).
 
-    Returns (file names, scores [N, K], kind): columns ``logit_<k>`` give logits, ``prob_<k>`` probs.
+    Returns (file names, scores [N, K], kind): columns ``logit_<k>`` hold logits,
+    ``prob_<k>`` probabilities.
     """
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)
