@@ -63,8 +63,13 @@ class PluginHost:
         """Register a plugin object or module (third parties use entry points; tests use this)."""
         if self.pm.has_plugin(name):
             raise PluginError(f"a plugin named {name!r} is already loaded")
-        self.pm.register(plugin, name=name)
-        self.pm.check_pending()
+        try:
+            self.pm.register(plugin, name=name)
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            if self.pm.has_plugin(name):
+                self.pm.unregister(name=name)
+            raise PluginError(f"plugin {name!r} is broken: {exc}; fix or uninstall it") from None
         self.infos[name] = PluginInfo(name, version, builtin)
         if self._collected:
             self._collect_from(name)

@@ -56,17 +56,14 @@ def ls_command(store: str, split: str | None, pattern: str, as_json: bool) -> No
         )
         return
     table = Table(
-        "id",
-        "kind",
-        "shape",
-        "source",
-        "facts",
-        "top1",
-        "top5",
-        "nll",
         title=f"{st.path}: {len(st.classes)} classes, splits "
         + ", ".join(f"{s} ({st.split(s).n})" for s in st.split_names()),
     )
+    table.add_column("id", no_wrap=True)
+    for column in ("kind", "shape", "source", "facts"):
+        table.add_column(column)
+    for column in ("top1", "top5", "nll"):
+        table.add_column(column, justify="right", no_wrap=True)
     for r in rows:
         m = r["metrics"]
         table.add_row(

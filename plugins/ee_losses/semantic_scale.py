@@ -1,0 +1,209 @@
+"""Focal loss re-weighted by inverse semantic scale (Ma et al., "Delving into Semantic Scale
+Imbalance", ICLR 2023).
+
+The paper measures how much feature space a class covers, its *semantic scale*, and up-weights
+classes that cover little, whatever their sample count. Its training code is not public, so the
+choices below are ours and are stated here:
+
+- **Semantic scale.** For the pooled features ``Z_c`` (m x p) of class c,
+  ``S_c = 1/2 log2 det(I + (d/m) (Z_c - mean)^T (Z_c - mean))`` with ``d = p`` (feature dim) and
+  ``m`` the number of pooled samples of that class (fewer than ``pool_size`` until it fills).
+- **Cheaper determinant.** By Sylvester's identity ``det(I_p + c A^T A) = det(I_m + c A A^T)``,
+  so the m x m Gram matrix is used when ``m < p`` (the usual case: 64 samples, 512+ dims). The
+  log-determinant is taken in float64 with ``torch.linalg.slogdet``.
+- **Feature pool.** Per class, a ring buffer of the ``pool_size`` (default 64) latest
+  penultimate features, detached and **L2-normalised** per row, so the scale measures the spread
+  of directions and not the feature norm, which grows during training.
+- **Update cadence.** The trainer calls ``update_features(features [N, p], labels)`` each step
+  (labels are class indices, or soft targets whose argmax is taken). Scales of classes that got
+  new features are recomputed every ``update_every`` calls (default 10: features drift slowly,
+  which is also the paper's argument for using stored features); ``refresh_weights()`` forces it.
+- **Weights.** ``w_c`` is proportional to ``1 / S_c`` and normalised to mean 1 over the classes.
+  Classes with fewer than 2 pooled samples, or a scale below 1e-6 bits (all features identical),
+  are unmeasured and get the mean weight (1 after normalisation); before any update all weights
+  are 1, so the loss starts as plain focal loss. ``class_weights`` is a buffer and is saved in
+  the state dict; the pools are not (they can be large: classes x pool_size x p floats).
+- **Loss.** Focal loss ``-w_y (1 - p_y)^gamma log p_y``, soft targets
+  ``-sum_k y_k w_k (1 - p_k)^gamma log p_k``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ensemble_engine.errors import RecipeError
+
+from .common import ClassificationLoss, check_int, check_number
+from .focal import focal_per_sample
+
+_MIN_SCALE_BITS = 1e-6
+_CLASSES_PER_CHUNK = 64
+
+
+def semantic_scales(pools: Tensor, counts: Tensor) -> Tensor:
+    """``S_c`` in bits for feature pools [C, m, p] holding ``counts[c]`` valid leading rows.
+
+    Returns float64 [C], NaN where a class has fewer than 2 samples. Rows past ``counts[c]`` are
+    ignored: they are zeroed after centring, and zero rows leave the determinant unchanged.
+    """
+    pools = pools.to(torch.float64)
+    num_classes, pool_size, dim = pools.shape
+    counts = counts.to(device=pools.device)
+    valid = torch.arange(pool_size, device=pools.device)[None, :] < counts[:, None]
+    n = counts.clamp_min(1).to(torch.float64)
+    mask = valid.unsqueeze(-1).to(torch.float64)
+    mean = (pools * mask).sum(dim=1, keepdim=True) / n[:, None, None]
+    centred = (pools - mean) * mask
+    if pool_size < dim:
+        gram = centred @ centred.transpose(1, 2)
+        size = pool_size
+    else:
+        gram = centred.transpose(1, 2) @ centred
+        size = dim
+    eye = torch.eye(size, dtype=torch.float64, device=pools.device)
+    _, logdet = torch.linalg.slogdet(eye + (dim / n)[:, None, None] * gram)
+    scales = 0.5 * logdet / math.log(2.0)
+    return torch.where(counts >= 2, scales, torch.full_like(scales, math.nan))
+
+
+def weights_from_scales(scales: Tensor) -> Tensor:
+    """Class weights proportional to ``1 / S_c`` with mean 1; unmeasured classes get the mean."""
+    measured = torch.isfinite(scales) & (scales > _MIN_SCALE_BITS)
+    if not bool(measured.any()):
+        return torch.ones_like(scales)
+    raw = torch.where(measured, 1.0 / scales.where(measured, torch.ones_like(scales)), 0.0)
+    raw = torch.where(measured, raw, raw[measured].mean())
+    return raw / raw.mean()
+
+
+class SemanticScaleFocalLoss(ClassificationLoss):
+    """Focal loss weighted per class by inverse semantic scale; see the module docstring.
+
+    ``num_classes`` sizes the pools and weights; without it they are sized at the first forward
+    from ``logits.shape[1]``. The trainer feeds features through ``update_features``; the
+    current per-class scales (bits, NaN when unmeasured) are in ``scales``, the weights in
+    ``class_weights``.
+    """
+
+    def __init__(
+        self,
+        gamma: float = 2.0,
+        pool_size: int = 64,
+        update_every: int = 10,
+        num_classes: int | None = None,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(reduction)
+        self.gamma = check_number("gamma", gamma, low=0.0)
+        self.pool_size = check_int("pool_size", pool_size, low=2)
+        self.update_every = check_int("update_every", update_every, low=1)
+        self.num_classes: int | None = None
+        self.register_buffer("class_weights", torch.ones(0))
+        self.register_buffer("scales", torch.zeros(0, dtype=torch.float64), persistent=False)
+        self.register_buffer("feature_pool", None, persistent=False)
+        self.register_buffer("pool_count", None, persistent=False)
+        self.register_buffer("pool_next", None, persistent=False)
+        self.register_buffer("stale", None, persistent=False)
+        self._calls = 0
+        if num_classes is not None:
+            self._size_for(check_int("num_classes", num_classes, low=1))
+
+    def _size_for(self, num_classes: int) -> None:
+        if self.num_classes == num_classes:
+            return
+        if self.num_classes is not None:
+            raise RecipeError(
+                f"dsb_focal was sized for {self.num_classes} classes but got {num_classes}; "
+                f"set num_classes to the model's number of classes"
+            )
+        self.num_classes = num_classes
+        device = self.class_weights.device
+        self.class_weights = torch.ones(num_classes, device=device)
+        self.scales = torch.full((num_classes,), math.nan, dtype=torch.float64, device=device)
+
+    def per_sample(self, logits: Tensor, target: Tensor) -> Tensor:
+        self._size_for(logits.shape[1])
+        return focal_per_sample(logits, target, self.gamma, self.class_weights)
+
+    @torch.no_grad()
+    def update_features(self, features: Tensor, labels: Tensor) -> None:
+        """Push penultimate ``features`` [N, p] of a batch into the pools of their classes."""
+        if labels.ndim == 2:
+            self._size_for(labels.shape[1])
+            labels = labels.argmax(dim=1)
+        if self.num_classes is None:
+            raise RecipeError("dsb_focal needs num_classes (or one forward) before update_features")
+        if features.ndim != 2 or features.shape[0] != labels.shape[0]:
+            raise RecipeError(
+                f"update_features expects features [N, p] for {labels.shape[0]} labels, "
+                f"got shape {tuple(features.shape)}"
+            )
+        if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < self.num_classes:
+            raise RecipeError(
+                f"update_features got labels outside [0, {self.num_classes}); pass class indices"
+            )
+        features = F.normalize(features.detach().float(), dim=1)
+        labels = labels.to(device=features.device, dtype=torch.long)
+        self._ensure_pool(features.shape[1], features.device)
+        self._push(features, labels)
+        self._calls += 1
+        if self._calls % self.update_every == 0:
+            self.refresh_weights()
+
+    def _ensure_pool(self, dim: int, device: torch.device) -> None:
+        if self.feature_pool is not None:
+            if self.feature_pool.shape[2] != dim:
+                raise RecipeError(
+                    f"update_features got {dim}-dim features but the pools hold "
+                    f"{self.feature_pool.shape[2]}-dim ones; pass the same layer's features"
+                )
+            return
+        size = (self.num_classes, self.pool_size, dim)
+        self.feature_pool = torch.zeros(size, device=device)
+        self.pool_count = torch.zeros(self.num_classes, dtype=torch.long, device=device)
+        self.pool_next = torch.zeros(self.num_classes, dtype=torch.long, device=device)
+        self.stale = torch.zeros(self.num_classes, dtype=torch.bool, device=device)
+
+    def _push(self, features: Tensor, labels: Tensor) -> None:
+        # Sample number s of a class goes to slot s mod m; of a batch only each class's last m
+        # samples are written, so no slot is written twice in one call.
+        order = torch.argsort(labels, stable=True)
+        labels, features = labels[order], features[order]
+        in_batch = torch.bincount(labels, minlength=self.num_classes)
+        starts = torch.cumsum(in_batch, 0) - in_batch
+        rank = torch.arange(labels.shape[0], device=labels.device) - starts[labels]
+        keep = rank >= in_batch[labels] - self.pool_size
+        slots = (self.pool_next[labels] + rank) % self.pool_size
+        self.feature_pool[labels[keep], slots[keep]] = features[keep]
+        self.pool_next = (self.pool_next + in_batch) % self.pool_size
+        self.pool_count = (self.pool_count + in_batch).clamp_max(self.pool_size)
+        self.stale |= in_batch > 0
+
+    @torch.no_grad()
+    def refresh_weights(self) -> None:
+        """Recompute the scales of classes with new features, then ``class_weights``."""
+        if self.feature_pool is None or not bool(self.stale.any()):
+            return
+        # In chunks of classes: the float64 copy of every pool at once could take gigabytes.
+        for chunk in self.stale.nonzero().squeeze(1).split(_CLASSES_PER_CHUNK):
+            fresh = semantic_scales(self.feature_pool[chunk], self.pool_count[chunk])
+            self.scales[chunk.to(self.scales.device)] = fresh.to(self.scales.device)
+        self.stale.zero_()
+        self.class_weights.copy_(weights_from_scales(self.scales).to(self.class_weights.dtype))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        saved = state_dict.get(prefix + "class_weights")
+        if saved is not None and self.num_classes is None:
+            self._size_for(saved.shape[0])
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def extra_repr(self) -> str:
+        return (
+            f"gamma={self.gamma}, pool_size={self.pool_size}, update_every={self.update_every}, "
+            f"num_classes={self.num_classes}, {super().extra_repr()}"
+        )

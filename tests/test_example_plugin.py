@@ -1,0 +1,95 @@
+"""The example third-party plugin, installed for real and used through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EE = [sys.executable, "-m", "ensemble_engine"]
+
+
+@pytest.fixture(scope="module")
+def plugin_path(tmp_path_factory) -> Path:
+    """pip-install plugins/ee-example into a private folder (its entry points included)."""
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(ROOT / "plugins" / "ee-example"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return target
+
+
+def ee(plugin_path: Path, *args, allow: str | None = None, check: bool = True):
+    env = {**os.environ, "PYTHONPATH": str(plugin_path)}
+    env.pop("EE_PLUGINS", None)
+    if allow is not None:
+        env["EE_PLUGINS"] = allow
+    res = subprocess.run([*EE, *map(str, args)], env=env, capture_output=True, text=True)
+    if check:
+        assert res.returncode == 0, res.stderr
+    return res
+
+
+def test_installed_plugin_registers_a_loss_a_combiner_and_a_command(plugin_path):
+    infos = {p["name"]: p for p in json.loads(ee(plugin_path, "plugins", "--json").stdout)}
+    example = infos["ee_example"]
+    assert example["builtin"] is False and example["version"] == "0.1.0"
+    assert example["registers"] == {
+        "losses": ["poly1"],
+        "combiners": ["median_vote"],
+        "commands": ["classes"],
+    }
+
+
+def test_allowlist_controls_third_party_loading(plugin_path):
+    names = lambda res: {p["name"] for p in json.loads(res.stdout)}  # noqa: E731
+    assert "ee_example" not in names(ee(plugin_path, "plugins", "--json", allow=""))
+    assert "ee_example" in names(ee(plugin_path, "plugins", "--json", allow="ee_example"))
+    assert "ee_example" not in names(ee(plugin_path, "plugins", "--json", allow="other"))
+    res = ee(plugin_path, "classes", "x.zarr", allow="", check=False)
+    assert res.returncode == 2 and "No such command 'classes'" in res.stderr
+
+
+def test_plugin_command_runs(plugin_path, tmp_path):
+    from ensemble_engine.store import open_store
+
+    st = open_store(tmp_path / "s.zarr", "w")
+    st.set_classes(["cat", "dog"])
+    res = ee(plugin_path, "classes", tmp_path / "s.zarr")
+    assert res.stdout == "0\tcat\n1\tdog\n"
+
+
+def test_plugin_loss_is_built_by_name(plugin_path):
+    code = (
+        "import torch; from ensemble_engine.losses import create_loss;"
+        "loss = create_loss('poly1', epsilon=2.0);"
+        "print(float(loss(torch.tensor([[1.0, 0.0]]), torch.tensor([0]))))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(plugin_path)}
+    env.pop("EE_PLUGINS", None)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    import math
+
+    p = math.exp(1) / (math.exp(1) + 1)
+    assert float(out) == pytest.approx(-math.log(p) + 2.0 * (1 - p), rel=1e-5)
