@@ -7,6 +7,8 @@ registration of a name (or alias) raises ``PluginError`` naming both plugins.
 from __future__ import annotations
 
 import fnmatch
+import functools
+import importlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,14 +18,39 @@ from .errors import PluginError
 
 @dataclass(frozen=True)
 class Entry:
-    """One registered thing: its name, how to build it, and who provided it."""
+    """One registered thing: its name, how to build it, and who provided it.
+
+    ``target`` is the factory itself or a ``"module:attribute"`` string imported on first use,
+    so that ``ee ls`` does not pay for importing torch and timm.
+    """
 
     name: str
-    factory: Callable[..., Any]
+    target: Callable[..., Any] | str
     description: str = ""
     plugin: str = "?"
     aliases: tuple[str, ...] = ()
     capabilities: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def factory(self) -> Callable[..., Any]:
+        if isinstance(self.target, str):
+            return _import_target(self.target, self.plugin)
+        return self.target
+
+
+@functools.cache
+def _import_target(target: str, plugin: str) -> Callable[..., Any]:
+    module_name, _, attr = target.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise PluginError(
+            f"plugin {plugin!r} registered {target!r}, which cannot be imported "
+            f"({exc}); reinstall the plugin"
+        ) from None
+    return obj
 
 
 class Registry:

@@ -9,60 +9,68 @@ from __future__ import annotations
 
 from ensemble_engine.hookspecs import Register, hookimpl
 
-from .basic import CrossEntropyLoss, LabelSmoothingCrossEntropy
-from .bi_tempered import BiTemperedLogisticLoss, tempered_softmax
-from .focal import FocalLoss
-from .semantic_scale import SemanticScaleFocalLoss, semantic_scales, weights_from_scales
-from .taylor import TaylorCrossEntropy
+# Loss classes are imported on first use (module-level __getattr__), so loading the plugin to
+# list commands or read a store does not import torch.
+_EXPORTS = {
+    "CrossEntropyLoss": "basic",
+    "LabelSmoothingCrossEntropy": "basic",
+    "BiTemperedLogisticLoss": "bi_tempered",
+    "tempered_softmax": "bi_tempered",
+    "FocalLoss": "focal",
+    "SemanticScaleFocalLoss": "semantic_scale",
+    "semantic_scales": "semantic_scale",
+    "weights_from_scales": "semantic_scale",
+    "TaylorCrossEntropy": "taylor",
+}
+__all__ = [*sorted(_EXPORTS), "register_losses"]
 
-__all__ = [
-    "BiTemperedLogisticLoss",
-    "CrossEntropyLoss",
-    "FocalLoss",
-    "LabelSmoothingCrossEntropy",
-    "SemanticScaleFocalLoss",
-    "TaylorCrossEntropy",
-    "register_losses",
-    "semantic_scales",
-    "tempered_softmax",
-    "weights_from_scales",
-]
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _target(cls: str) -> str:
+    return f"{__name__}.{_EXPORTS[cls]}:{cls}"
 
 
 @hookimpl
 def register_losses(register: Register) -> None:
     register(
         "ce",
-        CrossEntropyLoss,
+        _target("CrossEntropyLoss"),
         description="cross-entropy; soft targets give -sum y log p",
         aliases=("cross_entropy",),
     )
     register(
         "label_smoothing",
-        LabelSmoothingCrossEntropy,
+        _target("LabelSmoothingCrossEntropy"),
         description="cross-entropy with 1-eps on the target and eps/(K-1) on every other class",
         aliases=("ls",),
     )
     register(
         "taylor_ce",
-        TaylorCrossEntropy,
+        _target("TaylorCrossEntropy"),
         description="Taylor cross-entropy sum_{i<=order} (1-p_y)^i/i, robust to label noise",
         aliases=("taylor",),
     )
     register(
         "bi_tempered",
-        BiTemperedLogisticLoss,
+        _target("BiTemperedLogisticLoss"),
         description="bi-tempered logistic loss (t1 bounds the loss, t2 > 1 a heavy-tailed softmax)",
         aliases=("bitempered", "bi_tempered_logistic"),
     )
     register(
         "focal",
-        FocalLoss,
+        _target("FocalLoss"),
         description="softmax focal loss -alpha_y (1-p_y)^gamma log p_y",
     )
     register(
         "dsb_focal",
-        SemanticScaleFocalLoss,
+        _target("SemanticScaleFocalLoss"),
         description="focal loss weighted per class by inverse semantic scale (needs features)",
         aliases=("semantic_scale_focal",),
         needs_features=True,
