@@ -1,0 +1,1 @@
+"""Built-in plugin ee_report: the HTML report of a store."""
