@@ -65,6 +65,7 @@ class PredictionWriter:
         dtype: str,
         chunk_rows: int,
         label_map: np.ndarray,
+        lock: Any = None,
     ) -> None:
         self.root, self.name, self.split = root, name, split
         self.kind, self.classes, self.dtype = kind, classes, dtype
@@ -74,6 +75,7 @@ class PredictionWriter:
         self.pred_labels = label_map[split.labels.astype(np.int64)]
         self.metrics = MetricAccumulator(kind)
         self.written = 0
+        self.lock = lock  # held from creation until close or abort
         self.group: zarr.Group | None = None
         self._filled = np.zeros(0, dtype=bool)
 
@@ -168,6 +170,13 @@ class PredictionWriter:
             arr[:] = votes
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self._close(exc_type)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _close(self, exc_type) -> None:
         if exc_type is not None:
             self.abort()
             return

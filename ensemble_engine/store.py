@@ -25,6 +25,7 @@ import numpy as np
 import zarr
 
 from .errors import AlignmentError, FormatVersionError, StoreError
+from .locks import StoreLock
 from .prediction_io import PredictionWriter, chunk_rows_for, clean_attrs
 
 FORMAT = "ee.predictions"
@@ -128,6 +129,11 @@ class PredictionStore:
         classes = [str(c) for c in classes]
         if len(set(classes)) != len(classes) or not classes:
             raise StoreError("class ids must be unique and non-empty")
+        with self.lock("meta"):
+            self._set_classes(classes, class_names)
+
+    def _set_classes(self, classes: list[str], class_names: Sequence[str] | None) -> None:
+        self.group = zarr.open_group(store=self.group.store, mode="r+")  # see other writers
         current = self.classes
         if current and current != classes:
             raise AlignmentError(
@@ -170,6 +176,10 @@ class PredictionStore:
                 f"split {name!r} has labels outside the store's {len(self.classes)} classes"
             )
         fp = split_fingerprint(ids)
+        with self.lock("meta"):
+            return self._add_split(name, ids, lab, fp, replace)
+
+    def _add_split(self, name: str, ids: list[str], lab: np.ndarray, fp: str, replace: bool) -> str:
         if name in self.split_names():
             old = self.group[f"splits/{name}"].attrs.get("fingerprint")
             if old == fp and not replace:
@@ -232,14 +242,19 @@ class PredictionStore:
         pred_classes = [str(c) for c in classes] if classes is not None else self.classes
         if not pred_classes:
             raise StoreError(f"store {self.path} has no classes yet; run `ee store init` first")
-        if self.exists(name, split) and not replace:
-            raise StoreError(
-                f"prediction {name}/{split} already exists; pass replace (--force) "
-                "to overwrite it or choose another name"
-            )
-        if self._pred_group(name, split) is not None:
-            del self.group[f"predictions/{name}/{split}"]
-        label_map = _label_map(self.classes, pred_classes)
+        lock = self.lock(f"{name}--{split}")
+        lock.acquire()
+        try:
+            if self.exists(name, split) and not replace:
+                raise StoreError(
+                    f"prediction {name}/{split} already exists; pass replace (--force) "
+                    "to overwrite it or choose another name"
+                )
+            if self._pred_group(name, split) is not None:
+                del self.group[f"predictions/{name}/{split}"]
+        except BaseException:
+            lock.release()
+            raise
         return PredictionWriter(
             self.group,
             name,
@@ -250,8 +265,13 @@ class PredictionStore:
             meta=dict(meta or {}),
             dtype=dtype,
             chunk_rows=chunk_rows or chunk_rows_for(len(pred_classes), np.dtype(dtype).itemsize),
-            label_map=label_map,
+            label_map=_label_map(self.classes, pred_classes),
+            lock=lock,
         )
+
+    def lock(self, key: str) -> StoreLock:
+        """An advisory lock on ``key`` in this store (see ``ensemble_engine.locks``)."""
+        return StoreLock(self.path, key)
 
     def write_prediction(
         self,

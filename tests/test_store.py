@@ -101,6 +101,7 @@ def test_incomplete_prediction_is_invisible(store):
     w = store.prediction_writer("k", "val", kind="logits")
     w.__enter__()
     w.write(scores(300))
+    w.lock.release()  # what the death of its process amounts to
     assert store.list() == []
     assert [p.id for p in store.list(include_incomplete=True)] == ["k/val"]
     with pytest.raises(StoreError, match="no complete prediction"):
@@ -145,7 +146,8 @@ def test_path_escaping_names_refused(store, name, tmp_path):
     with pytest.raises(StoreError, match="invalid"):
         store.add_split(name, ["a"])
     assert store.names() == []
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".s.zarr.locks", "s.zarr"]
+    assert list((tmp_path / ".s.zarr.locks").iterdir()) == []  # every lock released
 
 
 def test_split_with_other_samples_is_refused(store):

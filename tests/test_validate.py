@@ -112,4 +112,5 @@ def test_unfinished_write_is_not_a_problem(good):
     w = good.prediction_writer("half", "val", kind="logits")
     w.__enter__()
     w.write(np.zeros((2, 3)))
+    w.lock.release()
     assert validate_store(good.path) == []
