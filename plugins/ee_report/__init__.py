@@ -1,1 +1,53 @@
-"""Built-in plugin ee_report: the HTML report of a store."""
+"""Built-in plugin ee_report: ``ee report STORE``, one self-contained HTML page about a store.
+
+The page shows producer top-1 per test size, how alike producers fail, per-class accuracy before
+and after coverage, and the fusion graph with each node's score, with tables of the same
+numbers. Importing this module stays cheap: matplotlib loads only when the command runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ensemble_engine.hookspecs import hookimpl
+
+
+@click.command("report")
+@click.argument("store")
+@click.option(
+    "--graph",
+    default=None,
+    help="Graph file or shipped graph name; only orders the nodes and marks the output.",
+)
+@click.option(
+    "--split",
+    "splits",
+    multiple=True,
+    help="Labelled split to score (repeatable; the first one drives agreement and coverage). "
+    "Default: the labelled splits holding predictions, val then test.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("report.html"),
+    show_default=True,
+    help="Where to write the HTML page.",
+)
+def report_command(store: str, graph: str | None, splits: tuple[str, ...], output: Path) -> None:
+    """Write an HTML report of STORE: scores, error agreement, coverage, the fusion graph."""
+    from ensemble_engine.store import open_store
+
+    from .report import build_report, write_report
+
+    report = build_report(open_store(store, "r"), graph=graph, splits=splits or None)
+    path = write_report(report, output)
+    click.echo(str(path))
+    click.echo(report.summary)
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    cli.add_command(report_command)
