@@ -152,22 +152,30 @@ class PredictionWriter:
         self._filled[rows] = True
 
     def write_labels(self, labels: np.ndarray, votes: np.ndarray | None = None) -> None:
-        assert self.group is not None
+        """Write all labels (and optional vote counts [N, K]) at once."""
         self.write(labels)
         if votes is not None:
-            votes = np.asarray(votes, dtype=np.float32)
-            if votes.shape != (self.split.n, len(self.classes)):
-                raise StoreError(
-                    f"{self.id}: votes of shape {votes.shape}, expected "
-                    f"[{self.split.n}, {len(self.classes)}]"
-                )
-            arr = self.group.create_array(
-                "votes",
-                shape=votes.shape,
-                dtype="float32",
-                chunks=(self.chunk_rows, votes.shape[1]),
+            self.write_votes_at(0, votes)
+
+    def write_votes_at(self, start: int, block: np.ndarray) -> None:
+        """Write vote counts [rows, K] of a labels prediction at row ``start``."""
+        assert self.group is not None, "use the writer as a context manager"
+        block = np.asarray(block, dtype=np.float32)
+        k = len(self.classes)
+        if block.ndim != 2 or block.shape[1] != k or start + len(block) > self.split.n:
+            raise StoreError(
+                f"{self.id}: votes block of shape {list(block.shape)} at row {start} "
+                f"does not fit [{self.split.n}, {k}]"
             )
-            arr[:] = votes
+        if "votes" not in self.group:
+            self.group.create_array(
+                "votes",
+                shape=(self.split.n, k),
+                dtype="float32",
+                chunks=(self.chunk_rows, k),
+                compressors=None,
+            )
+        self.group["votes"][start : start + len(block)] = block
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:

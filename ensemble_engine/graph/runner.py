@@ -164,7 +164,7 @@ def _write_split(run: RunState, pn: PlannedNode, combiner: Combiner, split: str)
     }
     with ExitStack() as stack:
         writer: PredictionWriter | None = None
-        votes = None
+        has_votes = False
         for start in range(0, n, step):
             rows = slice(start, min(n, start + step))
             chunks = {role: [r.take(rows) for r in rs] for role, rs in readers.items()}
@@ -182,18 +182,15 @@ def _write_split(run: RunState, pn: PlannedNode, combiner: Combiner, split: str)
                         chunk_rows=step,
                     )
                 )
-                if out.votes is not None:
-                    votes = writer.group.create_array(
-                        "votes", shape=(n, k), dtype="float32", chunks=(step, k)
-                    )
-            if (out.votes is None) != (votes is None):
+                has_votes = out.votes is not None
+            if (out.votes is not None) != has_votes:
                 raise GraphError(
                     f"combiner {pn.combiner} returned votes for some row blocks "
                     "only; fix the plugin"
                 )
             writer.write(out.labels if out.kind == "labels" else out.scores)
-            if votes is not None:
-                votes[rows] = np.asarray(out.votes, dtype=np.float32)
+            if has_votes:
+                writer.write_votes_at(rows.start, out.votes)
 
 
 def _check_output(pn: PlannedNode, out: Output, rows: slice) -> None:
