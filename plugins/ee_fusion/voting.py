@@ -1,0 +1,167 @@
+"""Soft and hard voting: weighted mean of probabilities, weighted majority of labels."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ensemble_engine.combiner import Combiner, InputChunk, InputSource, Output, Role
+from ensemble_engine.errors import GraphError
+
+from .common import (
+    WEIGHTS_SCHEMA,
+    check_classes,
+    check_labels,
+    resolve_weights,
+    role_inputs,
+    top1_accuracy,
+)
+
+#: Vote totals closer than this (relative to the total weight) count as a tie; weights are
+#: floats, so 0.1 + 0.2 must tie with 0.3.
+TIE_TOLERANCE = 1e-6
+
+
+def softmax_score_weights(scores: Sequence[float], temperature: float) -> np.ndarray:
+    """``softmax(scores / temperature)``: the weights of the ``softmax_score`` rule."""
+    x = np.asarray(scores, dtype=np.float64) / temperature
+    x = np.exp(x - x.max())
+    return x / x.sum()
+
+
+def weighted_mean(probs: Iterable[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """``Σ w_i p_i / Σ w_i`` over [n, K] arrays, accumulated one input at a time."""
+    total, out = float(np.sum(weights)), None
+    for p, w in zip(probs, weights, strict=True):
+        if w == 0:
+            continue
+        term = np.float32(w / total) * np.asarray(p, dtype=np.float32)
+        out = term if out is None else out + term
+    if out is None:
+        raise GraphError("every input has weight 0; give at least one input a positive weight")
+    return out
+
+
+def hard_vote(
+    labels: Sequence[np.ndarray],
+    weights: Sequence[float],
+    n_classes: int,
+    tie_scores: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted majority vote. Returns (winning class [n], vote totals [n, K]).
+
+    Classes whose totals tie with the maximum are separated by ``tie_scores`` [n, K] (the
+    highest wins); where there are none, or they tie as well, the lowest class index wins.
+    """
+    n = len(labels[0])
+    votes = np.zeros((n, n_classes), dtype=np.float32)
+    rows = np.arange(n)
+    for lab, w in zip(labels, weights, strict=True):
+        votes[rows, lab] += np.float32(w)  # one label per row: no repeated (row, class) pair
+    tol = TIE_TOLERANCE * max(float(np.sum(weights)), 1.0)
+    tied = votes >= votes.max(axis=1, keepdims=True) - tol
+    if tie_scores is None:
+        return tied.argmax(axis=1), votes  # first True = lowest tied index
+    keyed = np.where(tied, np.asarray(tie_scores, dtype=np.float32), -np.inf)
+    return keyed.argmax(axis=1), votes
+
+
+def _ids(items: Sequence[InputChunk | InputSource]) -> list[str]:
+    return [item.id for item in items]
+
+
+class SoftVote(Combiner):
+    """Weighted mean of the inputs' probabilities (logits go through softmax first).
+
+    ``weights``: "uniform"; a list, one weight per input in input order; a mapping
+    {input id or fnmatch pattern: weight}; or "softmax_score": ``softmax(top1 / temperature)``
+    where top1 is each input's top-1 accuracy on the fit split. Accuracies of good models sit
+    close together, so the temperature matters: with scores 0.6 and 0.7 and temperature 1 the
+    weights are 0.475 and 0.525, nearly uniform; a temperature of 0.01 makes them 4.5e-5 and
+    ~1.0, close to picking the best input. Only "softmax_score" needs a fit: ``needs_fit`` is
+    True on the class (it may need one) and exact on an instance.
+    """
+
+    roles = (Role("inputs", kinds=("logits", "probs"), doc="predictions over the store's classes"),)
+    params_schema = {
+        "type": "object",
+        "properties": {
+            "weights": {
+                "oneOf": [*WEIGHTS_SCHEMA["oneOf"], {"enum": ["softmax_score"]}],
+                "default": "uniform",
+            },
+            "temperature": {"type": "number", "exclusiveMinimum": 0, "default": 1.0},
+        },
+    }
+    needs_fit = True
+    output_kind = "probs"
+
+    def __init__(self, params: dict[str, Any] | None = None, classes: list[str] | None = None):
+        super().__init__(params, classes)
+        self.needs_fit = self.params["weights"] == "softmax_score"  # type: ignore[misc]
+
+    def fit(self, inputs: dict[str, list[InputSource]], labels: np.ndarray) -> None:
+        sources = role_inputs(inputs, "inputs", "soft_vote")
+        check_classes(sources, self.classes, "soft_vote")
+        if self.params["weights"] != "softmax_score":
+            self._weights(_ids(sources))
+            return
+        labels = check_labels(labels, len(self.classes), "soft_vote")
+        scores = [top1_accuracy(src, labels) for src in sources]
+        weights = softmax_score_weights(scores, self.params["temperature"])
+        ids = _ids(sources)
+        self.fitted_state = {
+            "weights": dict(zip(ids, map(float, weights), strict=True)),
+            "scores": dict(zip(ids, scores, strict=True)),
+        }
+
+    def _weights(self, ids: list[str]) -> list[float]:
+        if self.params["weights"] == "softmax_score":
+            fitted = self.fitted_state.get("weights")
+            if fitted is None:
+                raise GraphError("soft_vote with weights softmax_score must be fitted first")
+            missing = [i for i in ids if i not in fitted]
+            if missing:
+                raise GraphError(f"soft_vote: inputs {missing} were not part of the fit; refit")
+            return [fitted[i] for i in ids]
+        weights = resolve_weights(self.params["weights"], ids)
+        self.fitted_state.setdefault("weights", dict(zip(ids, map(float, weights), strict=True)))
+        return list(weights)
+
+    def apply(self, inputs: dict[str, list[InputChunk]], rows: slice, on_fit_split: bool) -> Output:
+        chunks = role_inputs(inputs, "inputs", "soft_vote")
+        check_classes(chunks, self.classes, "soft_vote")
+        weights = self._weights(_ids(chunks))
+        return Output("probs", scores=weighted_mean((c.probs() for c in chunks), weights))
+
+
+class HardVote(Combiner):
+    """Weighted majority of the inputs' top-1 classes (a labels input votes its label).
+
+    ``weights`` as in soft_vote but without "softmax_score". Ties are broken by the highest
+    weighted sum of probabilities among the tied classes, summed over the inputs that carry
+    scores (with the same weights as the votes, so a zero-weight input has no say); where no
+    input carries scores, or those sums tie too, the lowest class index wins. The output keeps
+    the weighted vote totals as ``votes``.
+    """
+
+    roles = (Role("inputs", doc="predictions over the store's classes, any kind"),)
+    params_schema = {"type": "object", "properties": {"weights": WEIGHTS_SCHEMA}}
+    output_kind = "labels"
+
+    def apply(self, inputs: dict[str, list[InputChunk]], rows: slice, on_fit_split: bool) -> Output:
+        chunks = role_inputs(inputs, "inputs", "hard_vote")
+        check_classes(chunks, self.classes, "hard_vote")
+        ids = _ids(chunks)
+        weights = resolve_weights(self.params["weights"], ids)
+        self.fitted_state.setdefault("weights", dict(zip(ids, map(float, weights), strict=True)))
+        scored = [(c, w) for c, w in zip(chunks, weights, strict=True) if c.has_scores and w > 0]
+        tie_scores = None
+        if scored:
+            tie_scores = weighted_mean((c.probs() for c, _ in scored), [w for _, w in scored])
+        labels, votes = hard_vote(
+            [c.labels() for c in chunks], weights, len(self.classes), tie_scores
+        )
+        return Output("labels", labels=labels, votes=votes)
