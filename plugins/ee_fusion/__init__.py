@@ -8,44 +8,59 @@ from __future__ import annotations
 
 from ensemble_engine.hookspecs import Register, hookimpl
 
-from .calibration import Calibrate
-from .coverage import Coverage
-from .selection import Select
-from .stacking import Stacking
-from .voting import HardVote, SoftVote
+# Combiner classes are imported on first use (scipy and scikit-learn take a second to load).
+_EXPORTS = {
+    "Calibrate": "calibration",
+    "Coverage": "coverage",
+    "HardVote": "voting",
+    "Select": "selection",
+    "SoftVote": "voting",
+    "Stacking": "stacking",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["Calibrate", "Coverage", "HardVote", "Select", "SoftVote", "Stacking"]
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _target(cls: str) -> str:
+    return f"{__name__}.{_EXPORTS[cls]}:{cls}"
 
 
 @hookimpl
 def register_combiners(register: Register) -> None:
     register(
         "soft_vote",
-        SoftVote,
+        _target("SoftVote"),
         description="weighted mean of probabilities (uniform, explicit or softmax of top-1)",
     )
     register(
         "hard_vote",
-        HardVote,
+        _target("HardVote"),
         description="weighted majority of top-1 labels; ties by summed probability",
     )
     register(
         "stacking",
-        Stacking,
+        _target("Stacking"),
         description="meta-learner (log-linear weights or logistic regression), out-of-fold",
     )
     register(
         "select",
-        Select,
+        _target("Select"),
         description="greedy ensemble selection with replacement (Caruana 2004)",
     )
     register(
         "coverage",
-        Coverage,
+        _target("Coverage"),
         description="class-subset specialists correct a base prediction",
     )
     register(
         "calibrate",
-        Calibrate,
+        _target("Calibrate"),
         description="temperature scaling of one input, fitted on the fit split",
     )
