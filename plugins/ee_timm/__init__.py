@@ -1,0 +1,28 @@
+"""Built-in producer plugin: train timm backbones with registered losses (``ee produce``).
+
+Modules: ``recipe`` (names, YAML files, defaults, overrides), ``backbones`` (the seed's
+aliases), ``transforms`` (augmentation), ``train`` (the loop and run folder), ``producer``.
+The producer is built lazily, so loading the plugin does not import timm.
+"""
+
+from __future__ import annotations
+
+from ensemble_engine.hookspecs import Register, hookimpl
+
+__all__ = ["register_producers", "timm_producer"]
+
+
+def timm_producer():
+    """The ``timm`` producer (imported on first use: timm and torchvision load slowly)."""
+    from .producer import TimmProducer
+
+    return TimmProducer()
+
+
+@hookimpl
+def register_producers(register: Register) -> None:
+    register(
+        "timm",
+        timm_producer,
+        description="train a timm backbone with a registered loss: ee produce <backbone>-<loss>",
+    )

@@ -1,0 +1,131 @@
+"""Data loaders over sample lists whose augmentations repeat exactly, whatever the workers.
+
+Training takes ``Sample`` lists rather than a folder, so any subset (a hold-out, a resampled
+class subset) trains the same way. The sampler draws, from one ``torch.Generator``, the epoch's
+order and a seed for every sample; the dataset seeds torch's, numpy's and Python's generators
+from that seed around each image's transform (restoring them afterwards). An image's
+augmentation thus depends only on the sampler's generator: not on which worker process loads
+it, how many workers there are, or whether they persist between epochs. That generator's state
+is checkpointed, which is what lets a resumed run repeat an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+
+from ensemble_engine.data import Sample
+
+SEED_BOUND = 2**32  # numpy's seeds are 32-bit
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch (CPU), numpy and Python's ``random`` for the block.
+
+    In the main process (``workers=0``) their states are restored afterwards, so loading never
+    moves the training loop's generators; a worker process has no one else to disturb and
+    skips the (comparatively slow) save and restore.
+    """
+    saved = None
+    if get_worker_info() is None:
+        saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    torch.default_generator.manual_seed(seed)  # torch.manual_seed would also visit CUDA
+    np.random.seed(seed)
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            torch.set_rng_state(saved[0])
+            np.random.set_state(saved[1])
+            random.setstate(saved[2])
+
+
+class SeededSampler(Sampler):
+    """Yields ``(index, seed)``: a shuffled (or in-order) pass with one seed per sample."""
+
+    def __init__(self, n: int, generator: torch.Generator, shuffle: bool = True) -> None:
+        self.n, self.generator, self.shuffle = n, generator, shuffle
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=self.generator).tolist()
+        else:
+            order = list(range(self.n))
+        seeds = torch.randint(0, SEED_BOUND, (self.n,), generator=self.generator).tolist()
+        return iter(zip(order, seeds, strict=True))
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class SampleDataset(Dataset):
+    """``(transform(image), label)`` per sample; keys are indices or ``(index, seed)`` pairs."""
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        from ee_data import load_image
+
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        sample = self.samples[index]
+        image = load_image(sample.path)
+        if seed is None:
+            return self.transform(image), sample.label
+        with seeded(seed):
+            return self.transform(image), sample.label
+
+
+def train_loader(
+    samples: Sequence[Sample],
+    transform: Callable,
+    *,
+    batch_size: int,
+    workers: int,
+    generator: torch.Generator,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """Shuffled, seeded batches; the last partial batch is dropped (batch norm needs > 1)."""
+    return DataLoader(
+        SampleDataset(samples, transform),
+        batch_size=batch_size,
+        sampler=SeededSampler(len(samples), generator),
+        drop_last=len(samples) > batch_size,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        # Worker seeds no longer matter (each sample brings its own); a fixed generator keeps
+        # the loader from drawing on torch's global one.
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def eval_loader(
+    samples: Sequence[Sample],
+    transform: Callable,
+    *,
+    batch_size: int,
+    workers: int,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """Batches in sample order; evaluation draws on no global random generator."""
+    return DataLoader(
+        SampleDataset(samples, transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(0),
+    )

@@ -1,0 +1,482 @@
+"""The timm producer's training half: recipes, transforms, optimiser, schedule, runs, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+import yaml
+from ee_timm.backbones import BACKBONE_ALIASES, timm_model_names
+from ee_timm.checkpoint import SUMMARY_COLUMNS, load_checkpoint
+from ee_timm.loaders import train_loader
+from ee_timm.producer import TimmProducer, training_samples
+from ee_timm.recipe import Recipe, resolve_recipe
+from ee_timm.train import DivergedError, build_model, build_optimizer, build_scheduler, train
+from ee_timm.transforms import GaussianNoise, batch_mixer, eval_transform, train_transform
+from PIL import Image
+from rich.console import Console
+
+from ensemble_engine.errors import RecipeError
+from ensemble_engine.producer import ProduceRequest
+
+QUIET = Console(quiet=True)
+# Three short epochs with every random part switched on (crops, flips, AutoAugment, noise,
+# mixup, EMA), so that resuming must restore torch's, numpy's and Python's random states.
+FAST = {
+    "epochs": 3, "workers": 0, "batch_size": 8, "mixup": 0.2, "aa": "original", "noise": True,
+    "vflip": True, "ema": True, "set": {"warmup_epochs": "1", "ema_decay": "0.9"},
+}  # fmt: skip
+
+
+def digits(**overrides) -> Recipe:
+    return resolve_recipe("resnet10t-ce", overrides, defaults="digits")
+
+
+# --- recipe names -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alias", sorted(BACKBONE_ALIASES))
+def test_seed_aliases_name_timm_models(alias):
+    recipe = resolve_recipe(f"{alias}-ce", defaults="digits")
+    assert recipe.backbone == BACKBONE_ALIASES[alias]
+    assert recipe.backbone in timm_model_names()
+
+
+def test_timm_names_never_contain_a_dash():
+    # The recipe name is split at its first "-"; that is only safe while this holds.
+    assert not [name for name in timm_model_names() if "-" in name]
+
+
+@pytest.mark.parametrize(
+    ("spec", "backbone", "loss"),
+    [
+        ("resnet10t-taylor", "resnet10t", "taylor_ce"),
+        ("ResNeSt101-ls", "resnest101e", "label_smoothing"),
+        ("tresnetxl-bitempered", "tresnet_xl", "bi_tempered"),
+        ("regnetx_120-focal", "regnetx_120", "focal"),
+    ],
+)
+def test_recipe_names_resolve_aliases(spec, backbone, loss):
+    recipe = resolve_recipe(spec)
+    assert (recipe.backbone, recipe.loss) == (backbone, loss)
+    assert recipe.name == f"{backbone}-{loss}"
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        ("resnet181-ce", "resnet18"),  # close timm name
+        ("resnest10-ce", "resnest101"),  # close seed alias
+        ("resnet18-tayler", "taylor"),  # close loss
+        ("resnet18", "<backbone>-<loss>"),
+        ("-ce", "<backbone>-<loss>"),
+    ],
+)
+def test_unknown_names_say_what_is_close(spec, needle):
+    with pytest.raises(RecipeError, match=needle.replace("<", ".").replace(">", ".")):
+        resolve_recipe(spec)
+
+
+def test_defaults_profiles_and_derived_test_sizes():
+    imagenet = resolve_recipe("resnet18-ce")
+    assert (imagenet.defaults, imagenet.img_size, imagenet.lr, imagenet.warmup_epochs) == (
+        "imagenet", 224, 0.1, 5,
+    )  # fmt: skip
+    assert imagenet.test_sizes == (224, 320, 380)
+    assert (imagenet.momentum, imagenet.nesterov, imagenet.weight_decay) == (0.9, False, 1e-4)
+    assert (imagenet.hflip, imagenet.vflip, imagenet.aa) == (0.5, 0.5, "original")
+    small = digits()
+    assert (small.defaults, small.img_size, small.epochs, small.batch_size) == (
+        "digits",
+        32,
+        30,
+        64,
+    )
+    # Same ratios to the training size as 224 → 320, 380: 32·320/224 = 45.7, 32·380/224 = 54.3.
+    assert small.test_sizes == (32, 46, 54)
+    # 64·320/224 = 91.4, 64·380/224 = 108.6.
+    assert digits(img_size=64).test_sizes == (64, 91, 109)
+    assert digits(img_size=64, test_sizes=[64]).test_sizes == (64,)
+    chosen = resolve_recipe("resnet18-ce", {"set": {"defaults": "digits"}})
+    assert (chosen.defaults, chosen.img_size) == ("digits", 32)
+
+
+def test_overrides_switches_and_set_pairs():
+    r = resolve_recipe(
+        "resnet18-ls",
+        {
+            "vflip": True, "noise": False, "aa": None, "ema": True, "tta": ["identity", "hflip"],
+            "loss_params": {"smoothing": 0.2},
+            "set": {"scale": "0.35,1", "hflip": "0", "color_jitter": "0.4,0.4,0.4,0",
+                    "ema_decay": "0.99", "lr": "1e-3", "amp": "off"},
+        },
+        defaults="digits",
+    )  # fmt: skip
+    assert (r.vflip, r.noise, r.aa, r.ema, r.ema_decay) == (0.5, 0.0, None, True, 0.99)
+    assert (r.scale, r.hflip, r.color_jitter) == ((0.35, 1.0), 0.0, (0.4, 0.4, 0.4, 0.0))
+    assert (r.lr, r.amp, r.tta, r.loss_params) == (
+        1e-3,
+        False,
+        ("identity", "hflip"),
+        {"smoothing": 0.2},
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        ({"colour": 1}, "unknown override 'colour'"),
+        ({"set": {"colour": "1"}}, "--set colour"),
+        ({"set": {"backbone": "resnet50"}}, "--set backbone"),
+        ({"set": {"lr": "fast"}}, "lr takes a number"),
+        ({"set": {"scale": "0.5"}}, "scale takes 2 comma-separated"),
+        ({"epochs": 0}, "epochs must be >= 1"),
+        ({"set": {"scale": "0.9,0.5"}}, "scale must be"),
+        ({"mixup": 0.2, "batch_size": 15}, "even batch_size"),
+        ({"device": "tpu"}, "device must be"),
+        ({"aa": "bogus"}, "not a timm augmentation policy"),
+        ({"loss_params": {"nope": 1}}, "does not accept parameters"),
+        ({"holdout": 1.5}, "holdout must lie"),
+    ],
+)
+def test_bad_overrides_name_the_problem(overrides, needle):
+    with pytest.raises(RecipeError, match=needle):
+        digits(**overrides)
+
+
+def test_backbone_minimum_size_is_checked():
+    with pytest.raises(RecipeError, match="needs images of >= 75"):
+        resolve_recipe("inceptionresnetv2-ce", {"img_size": 64}, defaults="digits")
+    assert resolve_recipe("inceptionresnetv2-ce", {"img_size": 80}).img_size == 80
+    # The digits default of 32 pixels is raised to the backbone's minimum; 75·320/224 = 107.1,
+    # 75·380/224 = 127.2.
+    small = resolve_recipe("inceptionresnetv2-ce", defaults="digits")
+    assert (small.img_size, small.test_sizes) == (75, (75, 107, 127))
+
+
+def test_yaml_recipe_files(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "backbone: resnest101\nloss: ls\ndefaults: digits\nepochs: 5\nscale: [0.5, 1]\n"
+    )
+    r = resolve_recipe(path, {"epochs": 7})
+    assert (r.backbone, r.loss, r.defaults, r.epochs, r.scale) == (
+        "resnest101e", "label_smoothing", "digits", 7, (0.5, 1.0),
+    )  # fmt: skip
+    saved = tmp_path / "saved.yml"
+    saved.write_text(yaml.safe_dump(r.to_dict()))
+    assert resolve_recipe(saved) == r  # a saved recipe re-runs as it was
+    for text, needle in [
+        ("backbone: resnet18\nloss: ce\ncolour: 1\n", "unknown field"),
+        ("producer: other\nbackbone: resnet18\nloss: ce\n", "producer 'other'"),
+        ("loss: ce\n", "needs backbone"),
+        ("- a list\n", "mapping"),
+        ("backbone: [unclosed\n", "not valid YAML"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(RecipeError, match=needle):
+            resolve_recipe(path)
+
+
+def test_run_id_hashes_what_changes_the_weights():
+    base = digits()
+    assert base.run_id() == digits().run_id()
+    assert base.run_id().startswith("resnet10t-ce-s0-")
+    assert digits(lr=0.01).run_id() != base.run_id()
+    assert digits(seed=3).run_id().startswith("resnet10t-ce-s3-")
+    assert digits(device="cpu", workers=1, tta=["hflip"], test_sizes=[40]).run_id() == base.run_id()
+
+
+# --- transforms, model, optimiser, schedule ---------------------------------------------------
+
+
+def test_train_and_eval_transforms_shapes_and_ranges():
+    image = Image.new("RGB", (32, 32), (200, 30, 90))
+    mean, std = torch.tensor((0.485, 0.456, 0.406)), torch.tensor((0.229, 0.224, 0.225))
+    low, high = (-mean / std)[:, None, None], ((1 - mean) / std)[:, None, None]
+    seed_recipe = resolve_recipe("resnet10t-ce", {"img_size": 40})  # flips, AA, noise all on
+    names = [type(t).__name__ for t in train_transform(seed_recipe).transforms]
+    assert names == [
+        "RandomResizedCrop", "RandomHorizontalFlip", "RandomVerticalFlip", "ColorJitter",
+        "AutoAugment", "ToTensor", "GaussianNoise", "Normalize",
+    ]  # fmt: skip
+    torch.manual_seed(0)
+    for recipe in (seed_recipe, digits()):
+        x = train_transform(recipe)(image)
+        assert x.shape == (3, recipe.img_size, recipe.img_size) and x.dtype == torch.float32
+        assert (x >= low - 1e-5).all() and (x <= high + 1e-5).all()
+    y = eval_transform(46, 0.875)(image)
+    assert y.shape == (3, 46, 46)
+    # A flat image stays flat through resize + centre crop: every pixel is the colour itself.
+    expected = (torch.tensor((200, 30, 90)) / 255 - mean) / std
+    torch.testing.assert_close(y, expected[:, None, None].expand(3, 46, 46), atol=1e-5, rtol=0)
+
+
+def test_gaussian_noise_strength_and_clipping():
+    torch.manual_seed(0)
+    flat = torch.full((3, 64, 64), 0.5)
+    noisy = GaussianNoise(p=1.0, sigma=(10.0, 10.0))(flat)
+    assert abs((noisy - flat).std().item() - 10 / 255) < 0.003
+    assert torch.equal(GaussianNoise(p=0.0)(flat), flat)
+    bright = GaussianNoise(p=1.0, sigma=(20.0, 20.0))(torch.ones(3, 16, 16))
+    assert bright.max() <= 1.0 and bright.min() < 1.0
+
+
+def test_mixup_gives_soft_targets_without_smoothing():
+    mixer = batch_mixer(digits(mixup=0.4), 10)
+    assert batch_mixer(digits(), 10) is None
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    _, soft = mixer(x, y)
+    lam = soft[0, 0].item()  # row 0 is lam·onehot(0) + (1 - lam)·onehot(3) (batch flipped)
+    expected = lam * torch.eye(10)[y] + (1 - lam) * torch.eye(10)[y.flip(0)]
+    torch.testing.assert_close(soft, expected)
+
+
+def test_xavier_init_of_convs_and_linears():
+    xavier = build_model(digits(), 10)
+    default = build_model(digits(init="default"), 10)
+
+    def within_bound(model):
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d | torch.nn.Linear):
+                fan_in, fan_out = torch.nn.init._calculate_fan_in_and_fan_out(m.weight)
+                if m.weight.abs().max() > math.sqrt(6 / (fan_in + fan_out)):
+                    return False
+                if m.bias is not None and m.bias.abs().max() > 0:
+                    return False
+        return True
+
+    assert within_bound(xavier)
+    assert not within_bound(default)  # timm's own init (Kaiming normal) exceeds the bound
+
+
+def test_optimizer_is_classical_momentum_sgd():
+    opt = build_optimizer(digits(), build_model(digits(), 10))
+    assert type(opt) is torch.optim.SGD
+    assert {(g["momentum"], g["nesterov"]) for g in opt.param_groups} == {(0.9, False)}
+    # timm keeps weight decay off biases and norm layers, as its train.py does.
+    assert sorted(g["weight_decay"] for g in opt.param_groups) == [0.0, 1e-4]
+
+
+def test_schedule_is_linear_warmup_then_cosine():
+    recipe = digits(epochs=10, lr=0.1, set={"warmup_epochs": "3", "warmup_lr": "1e-5"})
+    opt = build_optimizer(recipe, build_model(recipe, 10))
+    scheduler = build_scheduler(recipe, opt)
+    # Hand-computed: warm-up lr(e) = 1e-5 + e·(0.1 − 1e-5)/3 for e < 3; afterwards timm's cosine
+    # over all 10 epochs, lr(e) = 0.05·(1 + cos(π·e/10)): e=3 → 0.05·1.587785, e=5 → 0.05,
+    # e=9 → 0.05·(1 − 0.951057).
+    expected = {0: 1e-5, 1: 0.03334, 2: 0.06667, 3: 0.0793893, 5: 0.05, 9: 0.00244717}
+    for epoch, lr in expected.items():
+        scheduler.step(epoch)
+        assert opt.param_groups[0]["lr"] == pytest.approx(lr, rel=1e-4)
+
+
+# --- training runs ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_digits(tmp_path_factory):
+    from ee_data import ImageFolderSource, write_digits
+
+    root = tmp_path_factory.mktemp("tiny") / "digits"
+    write_digits(root, train_per_class=4, val_per_class=2)
+    return ImageFolderSource(root)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_digits, tmp_path_factory):
+    recipe = resolve_recipe("resnet10t-taylor", FAST, defaults="digits")
+    train_s, val_s = training_samples(tiny_digits, recipe)
+    run_dir = tmp_path_factory.mktemp("runs") / recipe.run_id()
+    result = train(recipe, train_s, val_s, tiny_digits.classes, run_dir, console=QUIET)
+    return recipe, result
+
+
+def test_augmented_batches_do_not_depend_on_workers(tiny_digits):
+    recipe = digits(**FAST)
+    samples = tiny_digits.samples("train")
+
+    def two_epochs(workers):
+        generator = torch.Generator().manual_seed(7)
+        loader = train_loader(samples, train_transform(recipe), batch_size=8, workers=workers,
+                              generator=generator)  # fmt: skip
+        return [batch for _ in range(2) for batch in loader]
+
+    torch.manual_seed(0)
+    in_process = two_epochs(0)
+    assert torch.rand(()) == torch.rand((), generator=torch.Generator().manual_seed(0))
+    in_workers = two_epochs(2)
+    assert len(in_process) == len(in_workers) == 2 * (len(samples) // 8)
+    for (x0, y0), (x1, y1) in zip(in_process, in_workers, strict=True):
+        assert torch.equal(x0, x1) and torch.equal(y0, y1)
+    assert not torch.equal(in_process[0][0], in_process[len(in_process) // 2][0])
+
+
+def test_run_folder_contents(finished_run, tiny_digits):
+    recipe, result = finished_run
+    run = result.run_dir
+    assert sorted(p.name for p in run.iterdir()) == [
+        "best.pth", "last.pth", "recipe.yaml", "summary.csv",
+    ]  # fmt: skip
+    assert resolve_recipe(run / "recipe.yaml") == recipe
+    with (run / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == SUMMARY_COLUMNS
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert all(0 <= float(r["val_top1"]) <= float(r["val_top5"]) <= 100 for r in rows)
+    assert all(math.isfinite(float(r["train_loss"])) for r in rows)
+    best = load_checkpoint(run / "best.pth")  # weights_only=True inside
+    top1 = [float(r["val_top1"]) for r in rows]
+    assert best["val_top1"] == pytest.approx(max(top1), abs=1e-4)
+    assert best["epoch"] == top1.index(max(top1)) + 1 == result.best_epoch
+    assert best["classes"] == tiny_digits.classes
+    build_model(recipe, 10).load_state_dict(best["model"])
+    last = torch.load(run / "last.pth", weights_only=True)
+    assert last["epoch"] == 3 and len(last["history"]) == 3
+
+
+def test_resume_ends_with_the_same_weights(finished_run, tiny_digits, tmp_path):
+    recipe, uninterrupted = finished_run
+    train_s, val_s = training_samples(tiny_digits, recipe)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_two(row):
+        if row["epoch"] == 2:
+            raise Interrupted
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        train(recipe, train_s, val_s, tiny_digits.classes, run_dir, console=QUIET,
+              on_epoch_end=stop_after_two)  # fmt: skip
+    assert load_checkpoint(run_dir / "last.pth")["epoch"] == 2
+    with pytest.raises(RecipeError, match="--resume"):
+        train(recipe, train_s, val_s, tiny_digits.classes, run_dir, console=QUIET)
+    with pytest.raises(RecipeError, match="other values of lr"):
+        train(recipe.replace(lr=0.01), train_s, val_s, tiny_digits.classes, run_dir,
+              resume=True, console=QUIET)  # fmt: skip
+    resumed = train(recipe, train_s, val_s, tiny_digits.classes, run_dir, resume=True,
+                    console=QUIET)  # fmt: skip
+    for part in ("model", "ema"):
+        a = load_checkpoint(uninterrupted.last_path)[part]
+        b = load_checkpoint(resumed.last_path)[part]
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    losses = [[r["train_loss"] for r in res.history] for res in (uninterrupted, resumed)]
+    assert losses[0] == losses[1]
+
+
+def test_diverging_loss_stops_before_writing(tiny_digits, tmp_path, monkeypatch):
+    import ee_timm.train as train_module
+
+    class NanLoss(torch.nn.Module):
+        def forward(self, logits, target):
+            return logits.sum() * float("nan")
+
+    def nan_loss(name, **params):
+        return NanLoss()
+
+    monkeypatch.setattr(train_module, "create_loss", nan_loss)
+    recipe = digits(**FAST)
+    train_s, val_s = training_samples(tiny_digits, recipe)
+    with pytest.raises(DivergedError, match="diverged.*epoch 1, batch 1.*--lr"):
+        train(recipe, train_s, val_s, tiny_digits.classes, tmp_path / "run", console=QUIET)
+    assert not (tmp_path / "run" / "last.pth").exists()
+
+
+def test_producer_registers_splits_and_trains(tiny_digits, tmp_path):
+    from ensemble_engine.plugins import get_host
+    from ensemble_engine.store import open_store
+
+    producer = get_host().producers.get("timm").factory()
+    assert isinstance(producer, TimmProducer)
+    store = open_store(tmp_path / "s.zarr")
+    overrides = {"epochs": 1, "img_size": 32, "workers": 0, "holdout": 0.25, "run_id": "mine"}
+    request = ProduceRequest(
+        recipe="resnet10t-ce", data_dir=tiny_digits.root, store=store, runs_dir=tmp_path / "runs",
+        overrides=overrides, console=QUIET,
+    )  # fmt: skip
+    assert producer.produce(request) == []
+    assert store.classes == tiny_digits.classes
+    assert store.split_names() == ["test", "train", "val"]
+    ids = [s.sample_id for s in tiny_digits.samples("val")]
+    assert list(store.split("val").sample_ids) == ids
+    saved = yaml.safe_load((tmp_path / "runs" / "mine" / "recipe.yaml").read_text())
+    # A folder gets the ImageNet profile: the seed's full augmentation at the size asked for.
+    assert (saved["defaults"], saved["aa"], saved["img_size"], saved["holdout"]) == (
+        "imagenet", "original", 32, 0.25,
+    )  # fmt: skip
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def capture_producer():
+    """A producer named ``capture`` that records the request it gets."""
+    from ensemble_engine.hookspecs import hookimpl
+    from ensemble_engine.plugins import get_host, reset_host
+    from ensemble_engine.producer import Producer
+
+    seen: list[ProduceRequest] = []
+
+    class Capture(Producer):
+        def produce(self, request):
+            seen.append(request)
+            return []
+
+    class Plugin:
+        @hookimpl
+        def register_producers(self, register):
+            register("capture", Capture)
+
+    reset_host()
+    get_host().add(Plugin(), "capture-plugin")
+    yield seen
+    reset_host()
+
+
+def test_produce_passes_only_explicit_options(run_cli, capture_producer, tmp_path):
+    store = tmp_path / "s.zarr"
+    result = run_cli("produce", "capture", "--store", store)
+    assert result.exit_code == 0, result.output
+    assert capture_producer[-1].overrides == {}
+    args = ["--epochs", "3", "--no-amp", "--vflip", "--aa", "none", "--lr", "1e-3",
+            "--loss-param", "smoothing=0.1", "--loss-param", "order=2",
+            "--set", "scale=0.35,1", "--test-sizes", "32,46", "--tta", "identity,hflip",
+            "--run-id", "r1", "--data", tmp_path]  # fmt: skip
+    result = run_cli("produce", "capture", "--store", store, *args)
+    assert result.exit_code == 0, result.output
+    request = capture_producer[-1]
+    assert request.overrides == {
+        "epochs": 3, "amp": False, "vflip": True, "aa": None, "lr": 1e-3,
+        "loss_params": {"smoothing": 0.1, "order": 2}, "set": {"scale": "0.35,1"},
+        "test_sizes": [32, 46], "tta": ["identity", "hflip"], "run_id": "r1",
+    }  # fmt: skip
+    assert request.data_dir == tmp_path and request.recipe == "capture"
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text("producer: capture\nbackbone: resnet18\nloss: ce\n")
+    assert run_cli("produce", recipe_file, "--store", store).exit_code == 0
+    assert capture_producer[-1].recipe == str(recipe_file)
+
+
+def test_produce_errors_are_one_line(run_cli, tmp_path):
+    result = run_cli("produce", "resnet181-ce", "--store", tmp_path / "s.zarr")
+    assert result.exit_code == 2
+    assert "unknown backbone 'resnet181'" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("produce", "resnet18-ce", "--set", "lr", "--store", tmp_path / "s.zarr")
+    assert result.exit_code == 2 and "KEY=VALUE" in result.stderr
+
+
+def test_recipes_lists_aliases_and_losses(run_cli):
+    result = run_cli("recipes", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["backbones"]["resnest101"] == "resnest101e"
+    losses = {loss["name"]: loss["aliases"] for loss in data["losses"]}
+    assert "taylor" in losses["taylor_ce"] and "ls" in losses["label_smoothing"]
+    assert set(data["defaults"]) == {"imagenet", "digits"}
