@@ -1,0 +1,1 @@
+"""Built-in plugin ee_demo: the whole seed pipeline on the embedded digits data."""
