@@ -6,16 +6,20 @@ so plain zarr readers see nothing extra: ``<parent>/.<store name>.locks/<key>.lo
 - Local paths: the file is created with ``O_CREAT | O_EXCL``, which is atomic. A lock whose
   process is gone (same host, pid no longer alive) is stale: it is renamed away (atomic, so two
   processes cannot both break it) and taken.
-- fsspec URLs (object stores have no exclusive create or rename): the writer puts its token,
-  waits ``settle`` seconds and reads the file back; it holds the lock only if its token is still
-  there (last writer wins, losers see another token and wait). A remote lock older than
-  ``stale_after`` seconds is considered abandoned.
+- fsspec URLs (object stores have no rename): the lock object is created exclusively where the
+  store offers it (S3's conditional PUT, ``If-None-Match: *``, through fsspec's
+  ``pipe_file(mode="create")``), then read back after ``settle`` seconds: the writer holds the
+  lock only if its token is there. Where exclusive create is missing the read-back alone decides
+  (last writer wins, losers see another token and wait). A remote lock is abandoned when it is
+  older than ``stale_after`` seconds, or when its process (same host) is gone, or when it is
+  unreadable (objects are written whole, so that is not a write in progress).
 
 A writer that has to wait says so once, on stderr, naming the holder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -43,6 +47,30 @@ def _pid_alive(pid: int) -> bool:
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def _busy() -> dict[str, Any]:
+    """A holder not known yet: the lock object is being taken or broken right now."""
+    return {"pid": "?", "host": "?", "time": time.time()}
+
+
+def _read_remote(fs: Any, path: str) -> dict[str, Any] | None:
+    """The lock object's record, None if there is none; unreadable records have no token."""
+    try:
+        record = json.loads(fs.cat_file(path))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return {"pid": "?", "host": "?", "time": 0.0}
+    return record if isinstance(record, dict) else {"pid": "?", "host": "?", "time": 0.0}
+
+
+def _create_remote(fs: Any, path: str, data: bytes) -> None:
+    """Create ``path`` only if it does not exist (atomic on S3); a plain put where unsupported."""
+    try:
+        fs.pipe_file(path, data, mode="create")
+    except (TypeError, NotImplementedError):  # an fsspec or filesystem without exclusive create
+        fs.pipe_file(path, data)
 
 
 class StoreLock:
@@ -143,20 +171,32 @@ class StoreLock:
         import fsspec
 
         fs, path = fsspec.core.url_to_fs(self.path)
-        if fs.exists(path):
-            try:
-                holder = json.loads(fs.cat_file(path))
-            except (FileNotFoundError, ValueError):
-                holder = None
-            if holder is not None and time.time() - holder.get("time", 0) < self.stale_after:
+        holder = _read_remote(fs, path)
+        if holder is not None:
+            if not self._abandoned(holder):
                 return holder
-        fs.pipe_file(path, self._record())
-        time.sleep(self.settle)
+            if _read_remote(fs, path) == holder:  # still that one: break it; create decides
+                with contextlib.suppress(FileNotFoundError):
+                    fs.rm_file(path)
         try:
-            holder = json.loads(fs.cat_file(path))
-        except (FileNotFoundError, ValueError):
-            return {"pid": "?", "host": "?", "time": time.time()}
+            _create_remote(fs, path, self._record())
+        except FileExistsError:  # another writer created it since the read
+            return _read_remote(fs, path) or _busy()
+        time.sleep(self.settle)
+        holder = _read_remote(fs, path)
+        if holder is None:  # broken by a process that took ours for abandoned: try again
+            return _busy()
         return None if holder.get("token") == self.token else holder
+
+    def _abandoned(self, holder: dict[str, Any]) -> bool:
+        if holder.get("token") is None or time.time() - holder.get("time", 0) > self.stale_after:
+            return True
+        pid = holder.get("pid")
+        return (
+            holder.get("host") == socket.gethostname()
+            and isinstance(pid, int)
+            and not _pid_alive(pid)
+        )
 
     def release(self) -> None:
         if not self.held:

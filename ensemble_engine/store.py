@@ -17,6 +17,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import zarr
 
 from .errors import AlignmentError, FormatVersionError, StoreError
 from .locks import StoreLock
-from .prediction_io import PredictionWriter, chunk_rows_for, clean_attrs
+from .prediction_io import PredictionWriter, RowChunks, chunk_rows_for, clean_attrs
 
 FORMAT = "ee.predictions"
 VERSION = 1
@@ -96,7 +97,8 @@ class Prediction:
 
     @property
     def metrics(self) -> dict[str, float]:
-        return dict(self.attrs.get("metrics") or {})
+        metrics = self.attrs.get("metrics")
+        return dict(metrics) if isinstance(metrics, dict) else {}  # shown only; validate flags it
 
     def matches(self, where: dict[str, Any]) -> bool:
         for key, want in where.items():
@@ -114,11 +116,34 @@ class PredictionStore:
         self.path = path
         self.mode = mode
 
+    # --- damage -----------------------------------------------------------------------------
+
+    def _damaged(self, what: str, problem: str, fix: str = "re-create it") -> StoreError:
+        problem = " ".join(str(problem).split())[:160]
+        return StoreError(
+            f"store {self.path}: {what} is damaged: {problem}; see `ee validate STORE`, then {fix}"
+        )
+
+    @contextmanager
+    def _reading(self, what: str, fix: str = "re-create it") -> Iterator[None]:
+        """zarr's errors on hand-edited metadata or broken chunks, as one line naming ``what``."""
+        try:
+            yield
+        except (KeyError, ValueError, IndexError, TypeError) as exc:  # zarr's are ValueErrors
+            raise self._damaged(what, f"{type(exc).__name__}: {exc}", fix) from None
+
     # --- root -------------------------------------------------------------------------------
 
     @property
     def classes(self) -> list[str]:
-        return [str(c) for c in self.group.attrs.get("classes", [])]
+        classes = self.group.attrs.get("classes", [])
+        if not isinstance(classes, list):
+            raise self._damaged(
+                "the root",
+                f"attrs classes is {type(classes).__name__}, not a list of class ids",
+                "re-create the store",
+            )
+        return [str(c) for c in classes]
 
     @property
     def class_names(self) -> list[str] | None:
@@ -149,9 +174,10 @@ class PredictionStore:
     # --- splits -----------------------------------------------------------------------------
 
     def split_names(self) -> list[str]:
-        if "splits" not in self.group:
-            return []
-        return sorted(self.group["splits"].group_keys())
+        with self._reading("the splits group", "rebuild the store with `ee store init`"):
+            if "splits" not in self.group:
+                return []
+            return sorted(self.group["splits"].group_keys())
 
     def add_split(
         self,
@@ -199,16 +225,36 @@ class PredictionStore:
         g.attrs.update({"fingerprint": fp, "n": len(ids)})
         return fp
 
-    def split(self, name: str) -> Split:
+    def _split_group(self, name: str) -> zarr.Group:
         if name not in self.split_names():
             known = ", ".join(self.split_names()) or "none"
             raise StoreError(
                 f"store {self.path} has no split {name!r} (splits: {known}); "
                 "register it with `ee store init STORE --data DIR`"
             )
-        g = self.group[f"splits/{name}"]
-        ids = np.array([str(x) for x in g["sample_id"][:]], dtype=object)
-        return Split(name, ids, np.asarray(g["label"][:]), str(g.attrs["fingerprint"]))
+        what, fix = f"split {name}", "rebuild the store with `ee store init`"
+        with self._reading(what, fix):
+            g = self.group[f"splits/{name}"]
+            missing = [key for key in ("sample_id", "label") if key not in g]
+            fingerprint = g.attrs.get("fingerprint")
+        if missing:
+            raise self._damaged(what, f"no {missing[0]} array", fix)
+        if not isinstance(fingerprint, str):
+            raise self._damaged(what, "no fingerprint in its attrs", fix)
+        return g
+
+    def split(self, name: str) -> Split:
+        g = self._split_group(name)
+        with self._reading(f"split {name}", "rebuild the store with `ee store init`"):
+            ids = np.array([str(x) for x in g["sample_id"][:]], dtype=object)
+            labels = np.asarray(g["label"][:])
+        if labels.shape != ids.shape:
+            raise self._damaged(
+                f"split {name}",
+                f"{len(labels)} labels for {len(ids)} sample ids",
+                "rebuild the store with `ee store init`",
+            )
+        return Split(name, ids, labels, str(g.attrs["fingerprint"]))
 
     # --- predictions ------------------------------------------------------------------------
 
@@ -302,9 +348,10 @@ class PredictionStore:
         return self.get(name, split)
 
     def names(self) -> list[str]:
-        if "predictions" not in self.group:
-            return []
-        return sorted(self.group["predictions"].group_keys())
+        with self._reading("the predictions group"):
+            if "predictions" not in self.group:
+                return []
+            return sorted(self.group["predictions"].group_keys())
 
     def list(
         self,
@@ -319,10 +366,13 @@ class PredictionStore:
         for name in self.names():
             if not fnmatch.fnmatchcase(name, pattern):
                 continue
-            for sp in sorted(self.group[f"predictions/{name}"].group_keys()):
+            with self._reading(f"predictions/{name}"):
+                splits = sorted(self.group[f"predictions/{name}"].group_keys())
+            for sp in splits:
                 if split is not None and sp != split:
                     continue
-                pred = self._load(name, sp)
+                with self._reading(f"prediction {name}/{sp}"):
+                    pred = self._load(name, sp)
                 if (pred.complete or include_incomplete) and pred.matches(where):
                     out.append(pred)
         return out
@@ -336,11 +386,44 @@ class PredictionStore:
         return Prediction(name, split, kind, shape, attrs)
 
     def get(self, name: str, split: str) -> Prediction:
-        if not self.exists(name, split):
+        """A complete prediction, checked to be readable: arrays, shapes, dtypes, its split."""
+        with self._reading(f"prediction {name}/{split}"):
+            pred = self._load(name, split) if self.exists(name, split) else None
+        if pred is None:
             raise StoreError(
                 f"store {self.path} has no complete prediction {name}/{split}; see `ee ls STORE`"
             )
-        return self._load(name, split)
+        self._check_readable(pred)
+        return pred
+
+    def _check_readable(self, pred: Prediction) -> None:
+        what = f"prediction {pred.id}"
+        classes = pred.attrs.get("classes", self.classes)
+        if pred.kind not in KINDS or not isinstance(classes, list):
+            problem = f"unknown kind {pred.kind!r}" if pred.kind not in KINDS else "bad classes"
+            raise self._damaged(what, problem)
+        sg = self._split_group(pred.split)
+        fp = sg.attrs["fingerprint"]
+        if pred.attrs.get("split_fingerprint") != fp:
+            raise AlignmentError(
+                f"{pred.id} was predicted on other samples than split {pred.split!r} "
+                f"(fingerprint {pred.attrs.get('split_fingerprint')}, the split's {fp}): "
+                "re-predict it on the store's split"
+            )
+        n = sg["sample_id"].shape[0]
+        key, shape, dtypes = (
+            ("label", (n,), ("int32",))
+            if pred.kind == "labels"
+            else ("scores", (n, len(classes)), ("float16", "float32"))
+        )
+        with self._reading(what):
+            arr = self.group[f"predictions/{pred.name}/{pred.split}"].get(key)
+        if arr is None:
+            raise self._damaged(what, f"no {key} array")
+        if tuple(arr.shape) != shape:
+            raise self._damaged(what, f"{key} of shape {list(arr.shape)}, expected {list(shape)}")
+        if str(arr.dtype) not in dtypes:
+            raise self._damaged(what, f"{key} of dtype {arr.dtype}, expected {' or '.join(dtypes)}")
 
     def classes_of(self, pred: Prediction) -> list[str]:
         return [str(c) for c in pred.attrs.get("classes", self.classes)]
@@ -349,13 +432,14 @@ class PredictionStore:
         """Scores as float32 [N, K] (kind logits/probs) or labels [N] (kind labels)."""
         pred = self.get(name, split)
         g = self.group[f"predictions/{name}/{split}"]
-        if pred.kind == "labels":
-            return np.asarray(g["label"][:])
-        return np.asarray(g["scores"][:], dtype=np.float32)
+        with self._reading(f"prediction {pred.id}"):
+            if pred.kind == "labels":
+                return RowChunks(g["label"]).read()
+            return RowChunks(g["scores"]).read(dtype=np.float32)
 
     def read_votes(self, name: str, split: str) -> np.ndarray | None:
         g = self.group[f"predictions/{name}/{split}"]
-        return np.asarray(g["votes"][:]) if "votes" in g else None
+        return RowChunks(g["votes"]).read() if "votes" in g else None
 
     def iter_rows(
         self, name: str, split: str, chunk_rows: int | None = None
@@ -363,12 +447,12 @@ class PredictionStore:
         """Row blocks aligned to the stored chunks, so each chunk is read once."""
         pred = self.get(name, split)
         g = self.group[f"predictions/{name}/{split}"]
-        arr = g["label"] if pred.kind == "labels" else g["scores"]
-        step = chunk_rows or arr.chunks[0]
-        for start in range(0, arr.shape[0], step):
-            rows = slice(start, min(start + step, arr.shape[0]))
-            block = np.asarray(arr[rows])
-            yield rows, (block if pred.kind == "labels" else block.astype(np.float32))
+        chunks = RowChunks(g["label"] if pred.kind == "labels" else g["scores"])
+        dtype = None if pred.kind == "labels" else np.float32  # labels as stored
+        for rows, pending in chunks.read_ahead(chunk_rows or chunks.step, dtype):
+            with self._reading(f"prediction {pred.id}"):
+                block = pending.result()
+            yield rows, block
 
     def delete(self, name: str, split: str) -> None:
         if self._pred_group(name, split) is None:
@@ -409,34 +493,83 @@ def _short(items: Sequence[str], n: int = 5) -> str:
 
 
 def open_store(path: str | Path, mode: str = "a") -> PredictionStore:
-    """Open (``r``, ``a``) or create (``a``, ``w``) a prediction store at a path or fsspec URL."""
+    """Open (``r``, ``a``) or create (``a``, ``w``) a prediction store at a path or fsspec URL.
+
+    URLs (``s3://bucket/ee.zarr``, ``memory://ee.zarr``) go through fsspec; ``file://`` URLs are
+    plain paths. ``a`` never overwrites: it creates a store only where none exists.
+    """
     if mode not in ("r", "a", "w"):
         raise StoreError(f"unknown store mode {mode!r}; use r, a or w")
-    spath = str(path)
+    spath = store_location(path)
     is_url = "://" in spath
-    if mode == "r" or (mode == "a" and _exists(spath, is_url)):
-        try:
-            group = zarr.open_group(store=spath, mode="r" if mode == "r" else "r+")
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-            raise StoreError(
-                f"no prediction store at {spath}; create one with "
-                "`ee store init STORE --data DIR` or `ee produce`"
-            ) from None
-        _check_version(group, spath)
-        return PredictionStore(group, spath, mode)
-    group = zarr.open_group(store=spath, mode="w")
+    try:
+        if mode == "r" or (mode == "a" and _exists(spath, is_url)):
+            return _open_existing(spath, mode)
+        # "w-" for ``a``: a store created meanwhile by another process is opened, not wiped
+        group = zarr.open_group(store=spath, mode="w" if mode == "w" else "w-")
+    except FileExistsError:
+        return _open_existing(spath, mode)
+    except OSError as exc:
+        if not is_url:
+            raise
+        raise StoreError(
+            f"cannot reach store {spath} ({type(exc).__name__}: {exc}); "
+            "check the URL, that the bucket exists, and the credentials"
+        ) from None
     group.attrs.update({"ee": {"format": FORMAT, "version": VERSION}})
     return PredictionStore(group, spath, mode)
 
 
+def store_location(path: str | Path) -> str:
+    """The store's location as ``open_store`` uses it: a local path or an fsspec URL.
+
+    ``file://`` URLs become paths, so a local store behaves the same however it is named
+    (atomic local locks, plain existence checks); a URL's trailing slash is dropped, so one store
+    has one name (its locks live beside it under that name).
+    """
+    spath = str(path)
+    if spath.startswith("file://"):
+        return spath.removeprefix("file://") or "."
+    if "://" in spath:
+        _filesystem(spath)  # an unknown protocol or a missing driver is a clear error here
+        return spath.rstrip("/")
+    return spath
+
+
+def _filesystem(url: str) -> tuple[Any, str]:
+    """fsspec's filesystem and in-filesystem path of ``url``, or a StoreError naming the fix."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as exc:
+        hint = "pip install 'ensemble-engine[s3]'" if url.startswith("s3") else "install it"
+        raise StoreError(f"store URL {url} needs a filesystem driver ({exc}); {hint}") from None
+    except ValueError as exc:
+        raise StoreError(
+            f"store URL {url}: {exc}; use a path or an fsspec URL such as s3://bucket/ee.zarr"
+        ) from None
+
+
+def _open_existing(spath: str, mode: str) -> PredictionStore:
+    try:
+        group = zarr.open_group(store=spath, mode="r" if mode == "r" else "r+")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        raise StoreError(
+            f"no prediction store at {spath}; create one with "
+            "`ee store init STORE --data DIR` or `ee produce`"
+        ) from None
+    _check_version(group, spath)
+    return PredictionStore(group, spath, mode)
+
+
 def _exists(spath: str, is_url: bool) -> bool:
+    """Whether a zarr group is at ``spath``; a remote error is raised, never read as "absent"."""
     if not is_url:
         return (Path(spath) / "zarr.json").exists()
-    try:
-        zarr.open_group(store=spath, mode="r")
-        return True
-    except Exception:
-        return False
+    fs, root = _filesystem(spath)
+    fs.invalidate_cache(root)  # another process may have created it since this one listed
+    return bool(fs.exists(f"{root}/zarr.json"))
 
 
 def _check_version(group: zarr.Group, spath: str) -> None:
@@ -447,7 +580,12 @@ def _check_version(group: zarr.Group, spath: str) -> None:
             "(root attrs lack ee.format); point at a store written by ee"
         )
     version = info.get("version")
-    if not isinstance(version, int) or version > VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise StoreError(
+            f"store {spath} has an invalid format version {version!r} in its root attrs; "
+            "it is damaged: re-create the store"
+        )
+    if version > VERSION:
         raise FormatVersionError(
             f"store {spath} uses format version {version}, newer than this ee reads ({VERSION}); "
             "upgrade ensemble-engine"

@@ -38,6 +38,14 @@ DEFAULT_STORE = "ee.zarr"
     help="Print the expanded graph and what is cached; write nothing.",
 )
 @click.option("--force", is_flag=True, help="Recompute every node, cached or not.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    metavar="K",
+    help="Processes that write each node's rows side by side (same result as 1).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def combine_command(
     graph: str,
@@ -45,6 +53,7 @@ def combine_command(
     sets: tuple[str, ...],
     plan_only: bool,
     force: bool,
+    workers: int,
     as_json: bool,
 ) -> None:
     """Fuse stored predictions by running the graph GRAPH.
@@ -62,7 +71,7 @@ def combine_command(
         _print_plan(the_plan, as_json)
         return
     store = open_store(path, "a")
-    results = execute(the_plan, store, force=force, console=Console(stderr=True))
+    results = execute(the_plan, store, force=force, console=Console(stderr=True), workers=workers)
     _print_results(the_plan, results, as_json)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.console import Console
@@ -24,6 +24,9 @@ from ..prediction_io import PredictionWriter, chunk_rows_for
 from ..store import PredictionStore
 from .planner import Plan, PlannedNode
 from .roles import InputRef
+
+if TYPE_CHECKING:
+    from .parallel import SplitPool
 
 
 @dataclass
@@ -110,12 +113,20 @@ class RowReader:
 
 
 def execute(
-    plan: Plan, store: PredictionStore, force: bool = False, console: Console | None = None
+    plan: Plan,
+    store: PredictionStore,
+    force: bool = False,
+    console: Console | None = None,
+    workers: int = 1,
 ) -> list[NodeResult]:
     """Run every node in order; cached nodes (same content hash on every split) are skipped.
 
     ``force`` recomputes every node. ``console`` shows a node progress bar; None is quiet.
+    ``workers`` > 1 writes each split's rows from that many processes (``graph.parallel``);
+    the stored result is the same as with one.
     """
+    from .parallel import SplitPool
+
     if store.mode == "r":
         raise StoreError(f"store {store.path} is open read-only; open it with mode 'a' to combine")
     results: list[NodeResult] = []
@@ -126,7 +137,10 @@ def execute(
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, disable=console is None, transient=True) as bar:
+    with (
+        SplitPool(store, workers) as pool,
+        Progress(*columns, console=console, disable=console is None, transient=True) as bar,
+    ):
         task = bar.add_task("fusion graph", total=len(plan.nodes))
         for pn in plan.nodes:
             bar.update(task, description=f"{pn.id} ({pn.combiner})")
@@ -134,7 +148,7 @@ def execute(
             if not cached:
                 run.forget(pn.id)
                 try:
-                    run_node(run, pn)
+                    run_node(run, pn, pool)
                 except GraphError as exc:  # a combiner's complaint, placed in the graph
                     where = f"{plan.spec.source}:{pn.line}: node '{pn.id}'"
                     raise GraphError(f"{where}: {exc}") from None
@@ -143,7 +157,7 @@ def execute(
     return results
 
 
-def run_node(run: RunState, pn: PlannedNode) -> None:
+def run_node(run: RunState, pn: PlannedNode, pool: SplitPool | None = None) -> None:
     """Build the combiner, fit it if it asks to be, and write the node on every split."""
     plan = run.plan
     combiner = pn.factory(dict(pn.params), classes=list(plan.classes))
@@ -151,7 +165,8 @@ def run_node(run: RunState, pn: PlannedNode) -> None:
         sources = {role: [run.source(r, plan.fit) for r in refs] for role, refs in pn.roles.items()}
         combiner.fit(sources, run.splits[plan.fit].labels.astype(np.int64))
     for split in plan.splits:
-        _write_split(run, pn, combiner, split)
+        if pool is None or not pool.write_split(run, pn, combiner, split):
+            _write_split(run, pn, combiner, split)
     run.forget(pn.id)
 
 
@@ -167,9 +182,7 @@ def _write_split(run: RunState, pn: PlannedNode, combiner: Combiner, split: str)
         has_votes = False
         for start in range(0, n, step):
             rows = slice(start, min(n, start + step))
-            chunks = {role: [r.take(rows) for r in rs] for role, rs in readers.items()}
-            out = combiner.apply(chunks, rows=rows, on_fit_split=split == plan.fit)
-            _check_output(pn, out, rows)
+            out = apply_block(pn, combiner, readers, rows, split == plan.fit)
             if writer is None:
                 writer = stack.enter_context(
                     store.prediction_writer(
@@ -191,6 +204,20 @@ def _write_split(run: RunState, pn: PlannedNode, combiner: Combiner, split: str)
             writer.write(out.labels if out.kind == "labels" else out.scores)
             if has_votes:
                 writer.write_votes_at(rows.start, out.votes)
+
+
+def apply_block(
+    pn: PlannedNode,
+    combiner: Combiner,
+    readers: dict[str, list[RowReader]],
+    rows: slice,
+    on_fit_split: bool,
+) -> Output:
+    """One row block through the combiner: every input's rows in, the checked output out."""
+    chunks = {role: [r.take(rows) for r in rs] for role, rs in readers.items()}
+    out = combiner.apply(chunks, rows=rows, on_fit_split=on_fit_split)
+    _check_output(pn, out, rows)
+    return out
 
 
 def _check_output(pn: PlannedNode, out: Output, rows: slice) -> None:
