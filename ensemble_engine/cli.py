@@ -6,6 +6,7 @@ shows the traceback instead.
 
 from __future__ import annotations
 
+import errno
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
@@ -27,26 +28,61 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
+def _usage_line(exc: click.UsageError) -> UserError:
+    """click's usage error (usage, hint, blank line, message) as one line that names the help."""
+    where = exc.ctx.command_path if exc.ctx is not None else "ee"
+    return UserError(f"{' '.join(exc.format_message().split())} (see `{where} --help`)")
+
+
+# What the machine refuses, not a bug in ee: the user frees space or fixes permissions.
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+_NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _os_error_line(exc: OSError) -> UserError:
+    where = f": {exc.filename}" if exc.filename else ""
+    fix = (
+        "free some space and run the command again"
+        if exc.errno in _NO_SPACE
+        else "check the permissions there, or use another path"
+    )
+    return UserError(f"{exc.strerror or exc}{where}; {fix}")
+
+
 class EEGroup(click.Group):
-    """Turns the project's own errors into one-line messages."""
+    """Turns the project's own errors, click's usage errors and a full disk or a refused write
+    into one-line messages."""
+
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise _usage_line(exc) from None
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _usage_line(exc) from None
         except EEError as exc:
             if (ctx.obj or {}).get("debug"):
                 raise
             raise UserError(str(exc)) from None
+        except OSError as exc:  # a full disk or a read-only folder, mid-write
+            if (ctx.obj or {}).get("debug") or exc.errno not in _NO_SPACE | _NOT_ALLOWED:
+                raise
+            raise _os_error_line(exc) from None
 
 
 def build_cli() -> click.Group:
     """Build the app: core commands, then every plugin's ``register_commands``."""
+    from .commands.analysis import weak_classes_command
     from .commands.info import plugins_command
     from .commands.io import export_command, import_command
     from .commands.store import ls_command, store_group, validate_command
     from .plugins import get_host
 
-    @click.group(cls=EEGroup, context_settings={"help_option_names": ["-h", "--help"]})
+    @click.group("ee", cls=EEGroup, context_settings={"help_option_names": ["-h", "--help"]})
     @click.version_option(_version(), "--version", prog_name="ee")
     @click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
     @click.pass_context
@@ -70,11 +106,11 @@ def build_cli() -> click.Group:
         import_command,
         export_command,
         store_group,
+        weak_classes_command,
     ):
         cli.add_command(command)
     for module, name in (
         ("produce", "produce_command"),
-        ("produce", "recipes_command"),
         ("combine", "combine_command"),
         ("combine", "graphs_command"),
     ):

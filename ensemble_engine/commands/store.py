@@ -9,8 +9,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..data import open_dataset, register_splits
-from ..store import Prediction, open_store
+from ..data import DatasetSource, open_dataset, register_splits
+from ..errors import AlignmentError
+from ..store import Prediction, PredictionStore, open_store, split_fingerprint
 
 FACTS = ("backbone", "loss", "test_size", "tta", "seed", "combiner")
 
@@ -41,6 +42,8 @@ def _fmt(value: float | None) -> str:
 def ls_command(store: str, split: str | None, pattern: str, as_json: bool) -> None:
     """List the complete predictions in STORE with their key facts and metrics."""
     st = open_store(store, "r")
+    if split is not None and split not in st.split_names():
+        st.split(split)  # names the known splits and how to register one
     rows = [prediction_row(p) for p in st.list(pattern, split=split)]
     if as_json:
         click.echo(
@@ -106,7 +109,7 @@ def store_group() -> None:
 @click.option(
     "--data",
     "data_dir",
-    type=click.Path(path_type=Path),
+    type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Image folder (VIPriors layout or ImageFolder); default: the embedded digits.",
 )
@@ -118,7 +121,26 @@ def store_init_command(store: str, data_dir: Path | None, strict: bool) -> None:
     """
     params = {"strict": strict} if data_dir is not None else {}
     source = open_dataset(data_dir, **params)
+    for split in source.split_names():
+        source.samples(split)  # every unreadable file or empty folder is found before a write
     st = open_store(store, "a")
+    _check_unchanged(st, source)
     fps = register_splits(st, source)
     for split, fp in fps.items():
         click.echo(f"{split}: {st.split(split).n} samples ({fp})")
+
+
+def _check_unchanged(st: PredictionStore, source: DatasetSource) -> None:
+    """Refuse, before anything is written, a data folder that disagrees with the store."""
+    if st.classes and st.classes != source.classes:
+        st.set_classes(source.classes)  # refuses, naming both class lists
+    for split in source.split_names():
+        if split not in st.split_names():
+            continue
+        old = st.split(split).fingerprint
+        new = split_fingerprint([s.sample_id for s in source.samples(split)])
+        if old != new:
+            raise AlignmentError(
+                f"split {split!r} in {st.path} holds other samples than {source.root} "
+                f"(fingerprint {old}, the folder's {new}): use another store for this data"
+            )

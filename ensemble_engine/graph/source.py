@@ -125,6 +125,11 @@ def _walk(node: yaml.Node, path: Path_, lines: dict[Path_, int], display: str) -
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key, value in node.value:
+            if key.tag != "tag:yaml.org,2002:str":  # graph files are JSON-shaped: text keys only
+                raise GraphError(
+                    f"{display}:{key.start_mark.line + 1}: key {key.value!r} is read as "
+                    f"{key.tag.rsplit(':', 1)[-1]}, not text; quote it ('{key.value}':)"
+                )
             k = str(key.value)
             if k in seen:
                 raise GraphError(
@@ -244,6 +249,12 @@ def parse_set_option(items: tuple[str, ...] | list[str]) -> dict[str, list[Any]]
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise GraphError(f"--set {item!r} is not KEY=VALUES; write e.g. --set loss=ce,focal")
-        values = [yaml.safe_load(v.strip()) for v in raw.split(",") if v.strip()]
+        try:
+            values = [yaml.safe_load(v.strip()) for v in raw.split(",") if v.strip()]
+        except yaml.YAMLError:
+            raise GraphError(
+                f"--set {item!r}: a value is not plain YAML; give text or numbers, "
+                "e.g. loss=ce,focal"
+            ) from None
         out[key.strip()] = "auto" if values == ["auto"] else values
     return out
