@@ -502,6 +502,8 @@ def open_store(path: str | Path, mode: str = "a") -> PredictionStore:
         raise StoreError(f"unknown store mode {mode!r}; use r, a or w")
     spath = store_location(path)
     is_url = "://" in spath
+    if not is_url and Path(spath).exists() and not Path(spath).is_dir():
+        raise StoreError(f"{spath} is a file, not a prediction store; choose another path")
     try:
         if mode == "r" or (mode == "a" and _exists(spath, is_url)):
             return _open_existing(spath, mode)
@@ -558,6 +560,11 @@ def _open_existing(spath: str, mode: str) -> PredictionStore:
         raise StoreError(
             f"no prediction store at {spath}; create one with "
             "`ee store init STORE --data DIR` or `ee produce`"
+        ) from None
+    except ValueError as exc:  # zarr.json that is not JSON (or not UTF-8)
+        raise StoreError(
+            f"store {spath}: its root metadata (zarr.json) is damaged ({type(exc).__name__}); "
+            "see `ee validate STORE`, or restore it from a copy"
         ) from None
     _check_version(group, spath)
     return PredictionStore(group, spath, mode)
