@@ -10,6 +10,7 @@ array another tool compressed) goes through zarr unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -495,13 +496,18 @@ class PredictionWriter:
             self.abort()
             raise StoreError(f"{self.id}: {missing} of {self.split.n} rows were never written")
         assert self.group is not None
-        self.group.attrs.update(
-            {
-                "metrics": self.metrics.result(),
-                "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            }
-        )
-        self.group.attrs.update({"complete": True})
+        try:
+            self.group.attrs.update(
+                {
+                    "metrics": self.metrics.result(),
+                    "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                }
+            )
+            self.group.attrs.update({"complete": True})
+        except BaseException:
+            with contextlib.suppress(OSError):  # a full or read-only disk may refuse this too
+                self.abort()
+            raise
 
     def abort(self) -> None:
         key = f"predictions/{self.name}/{self.split.name}"
