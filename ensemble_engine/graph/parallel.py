@@ -30,7 +30,10 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import os
 import pickle
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -109,7 +112,7 @@ class SplitPool:
                 max_workers=self.workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_worker,
-                initargs=(self.store.path,),
+                initargs=(self.store.path, os.getpid()),
             )
             for _ in range(self.workers):  # one process per task submitted: start them all now
                 self._executor.submit(_ready)
@@ -226,9 +229,17 @@ class MetricParts:
 _worker: dict[str, Any] = {}  # the store this process writes to, and the splits it has read
 
 
-def _start_worker(store_path: str) -> None:
+def _start_worker(store_path: str, parent_pid: int) -> None:
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     _worker["store"] = open_store(store_path, "a")
     _worker["splits"] = {}
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """A worker whose parent was killed (kill -9 leaves no chance to stop it) exits too."""
+    while os.getppid() == parent_pid:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def _ready() -> None:

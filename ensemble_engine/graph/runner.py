@@ -139,7 +139,12 @@ def execute(
     )
     with (
         SplitPool(store, workers) as pool,
-        Progress(*columns, console=console, disable=console is None, transient=True) as bar,
+        Progress(
+            *columns,
+            console=console,
+            disable=console is None or not console.is_terminal,
+            transient=True,
+        ) as bar,
     ):
         task = bar.add_task("fusion graph", total=len(plan.nodes))
         for pn in plan.nodes:
