@@ -23,17 +23,23 @@ class ProduceRequest:
     """Everything ``ee produce`` hands a producer.
 
     ``overrides`` holds only the options the user gave explicitly (recipe values win otherwise).
-    ``subset`` lists class ids for a specialist run (class-subset training) or is None.
+    ``data_dir`` None means the embedded digits. ``subset`` lists class ids for a specialist run
+    (class-subset training) or is None. ``run_id`` names the run folder under ``runs_dir`` and
+    ``name`` the predictions (each producer picks its own when None); ``force`` lets the
+    producer replace predictions of the same names.
     """
 
     recipe: str
-    data_dir: Path
+    data_dir: Path | None
     store: PredictionStore
     runs_dir: Path
     overrides: dict[str, Any] = field(default_factory=dict)
     resume: bool = False
     subset: list[str] | None = None
     console: Console | None = None
+    run_id: str | None = None
+    name: str | None = None
+    force: bool = False
 
 
 class Producer(ABC):

@@ -279,10 +279,18 @@ def test_schedule_is_linear_warmup_then_cosine():
 
 @pytest.fixture(scope="module")
 def tiny_digits(tmp_path_factory):
+    """4 train and 2 val images per class; the test split cut to 10 images (it is predicted)."""
     from ee_data import ImageFolderSource, write_digits
 
     root = tmp_path_factory.mktemp("tiny") / "digits"
     write_digits(root, train_per_class=4, val_per_class=2)
+    images = sorted((root / "test" / "imgs").iterdir())
+    for path in images[10:]:
+        path.unlink()
+    kept = {p.name for p in images[:10]}
+    labels = root / "test" / "labels.csv"
+    header, *rows = labels.read_text().splitlines()
+    labels.write_text("\n".join([header, *(r for r in rows if r.split(",")[0] in kept)]) + "\n")
     return ImageFolderSource(root)
 
 
@@ -395,12 +403,15 @@ def test_producer_registers_splits_and_trains(tiny_digits, tmp_path):
     producer = get_host().producers.get("timm").factory()
     assert isinstance(producer, TimmProducer)
     store = open_store(tmp_path / "s.zarr")
-    overrides = {"epochs": 1, "img_size": 32, "workers": 0, "holdout": 0.25, "run_id": "mine"}
+    overrides = {"epochs": 1, "img_size": 32, "workers": 0, "holdout": 0.25, "test_sizes": [32],
+                 "tta": ["identity"]}  # fmt: skip
     request = ProduceRequest(
         recipe="resnet10t-ce", data_dir=tiny_digits.root, store=store, runs_dir=tmp_path / "runs",
-        overrides=overrides, console=QUIET,
+        overrides=overrides, console=QUIET, run_id="mine",
     )  # fmt: skip
-    assert producer.produce(request) == []
+    # Validated on a hold-out of train, predicted on every split but train.
+    assert sorted(producer.produce(request)) == ["resnet10t-ce-s32/test", "resnet10t-ce-s32/val"]
+    assert store.get("resnet10t-ce-s32", "val").attrs["run"] == "mine"
     assert store.classes == tiny_digits.classes
     assert store.split_names() == ["test", "train", "val"]
     ids = [s.sample_id for s in tiny_digits.samples("val")]
@@ -448,16 +459,30 @@ def test_produce_passes_only_explicit_options(run_cli, capture_producer, tmp_pat
     args = ["--epochs", "3", "--no-amp", "--vflip", "--aa", "none", "--lr", "1e-3",
             "--loss-param", "smoothing=0.1", "--loss-param", "order=2",
             "--set", "scale=0.35,1", "--test-sizes", "32,46", "--tta", "identity,hflip",
-            "--run-id", "r1", "--data", tmp_path]  # fmt: skip
+            "--run-id", "r1", "--name", "mine", "--force", "--data", tmp_path]  # fmt: skip
     result = run_cli("produce", "capture", "--store", store, *args)
     assert result.exit_code == 0, result.output
     request = capture_producer[-1]
     assert request.overrides == {
         "epochs": 3, "amp": False, "vflip": True, "aa": None, "lr": 1e-3,
         "loss_params": {"smoothing": 0.1, "order": 2}, "set": {"scale": "0.35,1"},
-        "test_sizes": [32, 46], "tta": ["identity", "hflip"], "run_id": "r1",
+        "test_sizes": [32, 46], "tta": ["identity", "hflip"],
     }  # fmt: skip
+    assert (request.run_id, request.name, request.force) == ("r1", "mine", True)
     assert request.data_dir == tmp_path and request.recipe == "capture"
+    assert (request.subset, capture_producer[0].run_id, capture_producer[0].force) == (
+        None, None, False,
+    )  # fmt: skip
+    weak = tmp_path / "weak.txt"
+    weak.write_text("# confused most\n3\n\n8  # and its twin\n")
+    args = ["--subset", weak, "--subset-per-class", "50", "--other-per-class", "2"]
+    assert run_cli("produce", "capture", "--store", store, *args).exit_code == 0
+    request = capture_producer[-1]
+    assert request.subset == ["3", "8"]
+    assert request.overrides == {"subset_per_class": 50, "other_per_class": 2}
+    weak.write_text("# nothing\n")
+    result = run_cli("produce", "capture", "--store", store, "--subset", weak)
+    assert result.exit_code == 2 and "names no class" in result.stderr
     recipe_file = tmp_path / "r.yaml"
     recipe_file.write_text("producer: capture\nbackbone: resnet18\nloss: ce\n")
     assert run_cli("produce", recipe_file, "--store", store).exit_code == 0

@@ -1,13 +1,13 @@
-"""``ee produce`` (train a model and write its predictions) and ``ee recipes`` (what to train).
+"""``ee produce``: train a model and write its predictions, through a producer plugin.
 
 Only the options a user actually gives reach the producer (``ProduceRequest.overrides``); every
 other value comes from the recipe and its defaults profile, so a recipe file is never silently
-overridden by a command-line default.
+overridden by a command-line default. The run folder, prediction name, subset and ``--force``
+are request fields of their own: they say where results go, not how to train.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import click
 import yaml
 from click.core import ParameterSource
 
-from ..errors import RecipeError
+from ..errors import DataError, RecipeError
 from ..plugins import get_host
 from ..producer import ProduceRequest
 
@@ -25,12 +25,13 @@ RECIPE_SUFFIXES = (".yaml", ".yml")
 # Options given as text: comma lists (→ element type) and repeated KEY=VALUE (→ override key).
 _LIST_OPTIONS = {"test_sizes": int, "tta": str}
 _PAIR_OPTIONS = {"loss_param": "loss_params", "set_pairs": "set"}
-# Every option that becomes an override when given; ``run_id`` names the run folder.
+# Every option that becomes an override when given.
 _OVERRIDE_OPTIONS = (
     "epochs", "batch_size", "lr", "img_size", "mixup", "cutmix", "aa", "vflip", "noise", "seed",
     "device", "workers", "amp", "ema", "holdout", "init", "test_sizes", "tta", "loss_param",
-    "set_pairs", "run_id",
+    "set_pairs", "subset_per_class", "other_per_class",
 )  # fmt: skip
+_SUBSET_OPTIONS = ("subset_per_class", "other_per_class")
 
 
 def _split_pairs(values: tuple[str, ...], option: str, parse_value: bool) -> dict[str, Any]:
@@ -53,7 +54,8 @@ def _scalar(text: str) -> Any:
     return yaml.safe_load(text) if text.strip() else text
 
 
-def _split_list(text: str, kind: type, option: str) -> list[Any]:
+def split_list(text: str, kind: type, option: str) -> list[Any]:
+    """``"1, 2,3"`` as ``[1, 2, 3]`` (``kind`` per item); ``BadParameter`` naming ``option``."""
     try:
         items = [kind(part.strip()) for part in text.split(",") if part.strip()]
     except ValueError:
@@ -75,12 +77,25 @@ def explicit_overrides(ctx: click.Context, options: dict[str, Any]) -> dict[str,
             if value:
                 overrides[_PAIR_OPTIONS[name]] = _split_pairs(value, option, name == "loss_param")
         elif name in _LIST_OPTIONS:
-            overrides[name] = _split_list(value, _LIST_OPTIONS[name], option)
+            overrides[name] = split_list(value, _LIST_OPTIONS[name], option)
         elif name == "aa":
             overrides[name] = None if value.strip().lower() == "none" else value
         else:
             overrides[name] = value
     return overrides
+
+
+def read_class_list(path: Path) -> list[str]:
+    """Class ids, one per line (as ``ee weak-classes`` writes them); ``#`` starts a comment."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read class list {path}: {exc}; give a UTF-8 text file") from None
+    ids = [line.split("#", 1)[0].strip() for line in lines]
+    ids = [i for i in ids if i]
+    if not ids:
+        raise DataError(f"class list {path} names no class; write one class id per line")
+    return ids
 
 
 def producer_for(recipe: str) -> str:
@@ -117,6 +132,11 @@ def producer_for(recipe: str) -> str:
     help="Where run folders (checkpoints, summary.csv) go.",
 )
 @click.option("--run-id", help="Run folder name. Default: <recipe>-s<seed>-<recipe hash>.")
+@click.option(
+    "--name",
+    help="Prediction name before -s<size>. Default: [cov-]<backbone>-<loss>[-seed<N>].",
+)
+@click.option("--force", is_flag=True, help="Replace existing predictions of the same names.")
 @click.option("--resume", is_flag=True, help="Continue the run from its last.pth.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Training epochs.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per batch.")
@@ -142,6 +162,21 @@ def producer_for(recipe: str) -> str:
 @click.option("--test-sizes", metavar="N,N,...", help="Prediction sizes, e.g. 32,46,54.")
 @click.option("--tta", metavar="VIEW,...", help="Test-time views, e.g. identity,hflip.")
 @click.option(
+    "--subset",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Train a specialist on the class ids listed in this file (see `ee weak-classes`).",
+)
+@click.option(
+    "--subset-per-class",
+    type=click.IntRange(min=1),
+    help="Specialist: training images per listed class, resampled (recipe default 500).",
+)
+@click.option(
+    "--other-per-class",
+    type=click.IntRange(min=1),
+    help="Specialist: random images per other class, labelled __other__ (recipe default 5).",
+)
+@click.option(
     "--set",
     "set_pairs",
     multiple=True,
@@ -150,7 +185,8 @@ def producer_for(recipe: str) -> str:
 )
 @click.pass_context
 def produce_command(ctx: click.Context, recipe: str, data_dir: Path | None, store: str,
-                    runs_dir: Path, resume: bool, **options: Any) -> None:  # fmt: skip
+                    runs_dir: Path, run_id: str | None, name: str | None, force: bool,
+                    resume: bool, subset: Path | None, **options: Any) -> None:  # fmt: skip
     """Train RECIPE and write its predictions into the store.
 
     RECIPE is <backbone>-<loss> (resnet18-taylor, resnest101-ce: see `ee recipes`), a YAML
@@ -158,21 +194,33 @@ def produce_command(ctx: click.Context, recipe: str, data_dir: Path | None, stor
     recipe, then from defaults sized for the data (the embedded digits, or ImageNet-like
     folders); the command prints which.
 
+    After training, the best checkpoint predicts every split but train at each test size
+    (default: 224,320,380 for 224-pixel training, the same ratios otherwise, e.g. 32,46,54)
+    with the recipe's TTA views (default identity,hflip; identity alone on the digits, which
+    train without flips), one prediction per split and size: <name>-s<size>.
+
+    With --subset the run is a specialist: the listed classes plus one __other__ class; its
+    predictions are named cov-<backbone>-<loss>-s<size>.
+
     \b
     Examples:
       ee produce resnet10t-ce --epochs 5
       ee produce resnet18-ls --loss-param smoothing=0.1 --set scale=0.35,1
       ee produce resnest101-taylor --data ./vipriors --store run.zarr --device cuda
       ee produce runs/resnet18-ce-s0-1a2b3c4d/recipe.yaml --resume
+      ee weak-classes ee.zarr resnet18-ce-s46 -o weak.txt
+      ee produce resnet18-ce --subset weak.txt --subset-per-class 500
     """
     from rich.console import Console
 
     from ..store import open_store
 
     overrides = explicit_overrides(ctx, options)
+    if subset is None and any(k in overrides for k in _SUBSET_OPTIONS):
+        raise click.UsageError("--subset-per-class and --other-per-class need --subset FILE")
     host = get_host()
-    name = producer_for(recipe)
-    producer = host.producers.get(name).factory()
+    producer_name = producer_for(recipe)
+    producer = host.producers.get(producer_name).factory()
     request = ProduceRequest(
         recipe=recipe,
         data_dir=data_dir,
@@ -180,47 +228,14 @@ def produce_command(ctx: click.Context, recipe: str, data_dir: Path | None, stor
         runs_dir=runs_dir,
         overrides=overrides,
         resume=resume,
+        subset=read_class_list(subset) if subset is not None else None,
         console=Console(stderr=True),
+        run_id=run_id,
+        name=name,
+        force=force,
     )
     ids = producer.produce(request)
     if ids:
         click.echo(f"wrote {len(ids)} prediction(s) to {store}: {', '.join(ids)}")
     else:
         click.echo(f"{recipe}: done; no predictions written to {store}")
-
-
-@click.command("recipes")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-def recipes_command(as_json: bool) -> None:
-    """List backbone aliases and losses for <backbone>-<loss> recipes.
-
-    Any timm model name (`timm.list_models()`) is a backbone too.
-    """
-    from ee_timm.backbones import BACKBONE_ALIASES
-    from ee_timm.recipe import PROFILE_NOTES
-
-    losses = [
-        {"name": e.name, "aliases": list(e.aliases), "description": e.description,
-         "plugin": e.plugin}
-        for e in get_host().losses
-    ]  # fmt: skip
-    if as_json:
-        payload = {"backbones": BACKBONE_ALIASES, "losses": losses, "defaults": PROFILE_NOTES}
-        click.echo(json.dumps(payload, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    backbones = Table("alias", "timm model", title="backbones (or any timm model name)")
-    for alias, model in BACKBONE_ALIASES.items():
-        backbones.add_row(alias, model)
-    loss_table = Table("loss", "aliases", "plugin", "description", title="losses")
-    for loss in losses:
-        loss_table.add_row(loss["name"], ", ".join(loss["aliases"]), loss["plugin"],
-                           loss["description"])  # fmt: skip
-    profiles = Table("defaults", "values", title="defaults profiles")
-    for profile, note in PROFILE_NOTES.items():
-        profiles.add_row(profile, note)
-    for table in (backbones, loss_table, profiles):
-        console.print(table)

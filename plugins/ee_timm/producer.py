@@ -1,9 +1,11 @@
-"""The ``timm`` producer: resolve a recipe, register the data's splits, train a backbone.
+"""The ``timm`` producer: resolve a recipe, register the data's splits, train, predict.
 
 ``produce`` is the whole of ``ee produce <backbone>-<loss>``: the recipe (with the defaults
 profile that fits the data), the dataset (a folder, or the embedded digits when none is given),
-the store's splits (registered before training, so that every producer's rows align), then the
-training run in ``runs/<run-id>/``. ``predict`` turns a finished run into store predictions.
+the store's splits (registered before training, so that every producer's rows align), the
+training run in ``runs/<run-id>/``, then ``predict``: the run's best checkpoint at every test
+size × TTA views, streamed into the store (see ``prediction``). With a subset the run is a
+specialist (see ``specialist``).
 """
 
 from __future__ import annotations
@@ -11,12 +13,28 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
 from ensemble_engine.data import DatasetSource, Sample, open_dataset, register_splits
 from ensemble_engine.errors import DataError, RecipeError
 from ensemble_engine.producer import Producer, ProduceRequest
+from ensemble_engine.store import PredictionStore
 
+from .prediction import (
+    base_name,
+    check_names_free,
+    check_test_sizes,
+    load_run,
+    predict_run,
+    prediction_splits,
+)
 from .recipe import PROFILE_NOTES, Recipe, resolve_recipe
+from .specialist import (
+    check_subset,
+    map_to_subset,
+    specialist_classes,
+    specialist_training_samples,
+)
 from .train import TrainResult, train
 
 TRAIN_SPLIT = "train"
@@ -41,42 +59,95 @@ def training_samples(source: DatasetSource, recipe: Recipe) -> tuple[list[Sample
     return samples, val
 
 
+def training_data(
+    source: DatasetSource, recipe: Recipe
+) -> tuple[list[Sample], list[Sample], list[str]]:
+    """``(train, val, classes)`` of the run: a specialist's are resampled and relabelled."""
+    train_samples, val_samples = training_samples(source, recipe)
+    if not recipe.specialist:
+        return train_samples, val_samples, list(source.classes)
+    check_subset(recipe.subset, source.classes)
+    train_samples = specialist_training_samples(
+        train_samples, recipe.subset, source.classes, per_class=recipe.subset_per_class,
+        other_per_class=recipe.other_per_class, seed=recipe.seed,
+    )  # fmt: skip
+    val_samples = map_to_subset(val_samples, recipe.subset, source.classes)
+    return train_samples, val_samples, specialist_classes(recipe.subset)
+
+
+def request_recipe(request: ProduceRequest) -> Recipe:
+    """The request's recipe: its name or file, the profile that fits the data, the overrides,
+    and the subset of a specialist run."""
+    profile = "digits" if request.data_dir is None else "imagenet"
+    overrides = dict(request.overrides)
+    if request.subset is not None:
+        overrides["subset"] = [str(c) for c in request.subset]
+    return resolve_recipe(request.recipe, overrides, defaults=profile)
+
+
+def predictions_table(store: PredictionStore, ids: list[str]) -> Table:
+    """The metrics of the predictions just written, one row each."""
+    table = Table("prediction", "top-1", "top-5", "nll", title="predictions", title_justify="left")
+    for pred_id in ids:
+        name, split = pred_id.split("/")
+        metrics = store.get(name, split).metrics
+        cells = [f"{metrics[k]:.4f}" if k in metrics else "—" for k in ("top1", "top5", "nll")]
+        table.add_row(pred_id, *cells)
+    return table
+
+
 class TimmProducer(Producer):
-    """Trains a timm backbone with a registered loss (and, with ``predict``, writes its scores)."""
+    """Trains a timm backbone with a registered loss and writes its predictions."""
 
     def produce(self, request: ProduceRequest) -> list[str]:
         console = request.console or Console(stderr=True)
-        if request.subset is not None:
-            raise RecipeError(
-                "the timm producer trains on all classes; class-subset (specialist) runs are not "
-                "available in this version, drop the subset"
-            )
-        overrides = dict(request.overrides)
-        run_id = overrides.pop("run_id", None)
-        profile = "digits" if request.data_dir is None else "imagenet"
-        recipe = resolve_recipe(request.recipe, overrides, defaults=profile)
+        recipe = request_recipe(request)
         console.print(f"[bold]{recipe.name}[/bold]: {PROFILE_NOTES[recipe.defaults]}")
-        if overrides:
-            given = ", ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+        if request.overrides:
+            given = ", ".join(f"{k}={v}" for k, v in sorted(request.overrides.items()))
             console.print(f"explicit options: {given}")
         source = open_dataset(request.data_dir)
         register_splits(request.store, source)
-        train_samples, val_samples = training_samples(source, recipe)
+        check_test_sizes(recipe)
+        if not request.force:
+            name = request.name or base_name(recipe)
+            check_names_free(request.store, name, recipe.test_sizes, prediction_splits(source))
+        train_samples, val_samples, classes = training_data(source, recipe)
+        what = f"specialist on {', '.join(recipe.subset)} + others, " if recipe.specialist else ""
         console.print(
-            f"data: {source.root} ({len(source.classes)} classes, {len(train_samples)} train, "
+            f"data: {source.root} ({what}{len(classes)} classes, {len(train_samples)} train, "
             f"{len(val_samples)} val images)"
         )
-        run_dir = Path(request.runs_dir) / (run_id or recipe.run_id())
+        run_dir = Path(request.runs_dir) / (request.run_id or recipe.run_id())
         try:
             result = train(
-                recipe, train_samples, val_samples, source.classes, run_dir,
+                recipe, train_samples, val_samples, classes, run_dir,
                 resume=request.resume, console=console,
             )  # fmt: skip
         except KeyboardInterrupt:
             console.print(f"interrupted; add --resume to continue {run_dir} from its last epoch")
             raise
-        return self.predict(request, recipe, result)
+        return self.predict(request, recipe, result, source=source)
 
-    def predict(self, request: ProduceRequest, recipe: Recipe, result: TrainResult) -> list[str]:
-        """Store predictions of the trained run; returns their ids. Writes none yet."""
-        return []
+    def predict(
+        self,
+        request: ProduceRequest,
+        recipe: Recipe,
+        result: TrainResult,
+        *,
+        source: DatasetSource | None = None,
+    ) -> list[str]:
+        """Store the trained run's predictions (best checkpoint, every split but train, each
+        test size × TTA views of ``recipe``); returns their ids."""
+        console = request.console or Console(stderr=True)
+        source = source or open_dataset(request.data_dir)
+        splits = prediction_splits(source)
+        if not splits:
+            console.print(f"{source.root} has no split besides train: nothing to predict")
+            return []
+        ids = predict_run(
+            load_run(result.best_path), source, request.store, recipe=recipe, splits=splits,
+            name=request.name, replace=request.force, console=console,
+        )  # fmt: skip
+        console.print(predictions_table(request.store, ids))
+        return ids

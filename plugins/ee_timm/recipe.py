@@ -6,6 +6,12 @@ a defaults profile: ``imagenet`` (the seed's ImageNet-sized settings) or ``digit
 the embedded 32-pixel digits). The resolved ``Recipe`` is frozen and saved with each run, so a
 run can be repeated from its ``recipe.yaml``.
 
+Prediction values (``test_sizes``, ``tta``, ``merge``) are part of the recipe but leave the
+weights alone, so they are not hashed into the run id. The default views are those the model
+saw in training: ``identity,hflip`` where training flips images (the ImageNet profile),
+``identity`` alone on the digits, which train without flips (a mirrored 2 is no digit). A
+non-empty ``subset`` makes the run a specialist (see ``specialist``).
+
 Splitting the name: everything before the first ``-`` is the backbone, the rest the loss. timm
 architecture names never contain ``-`` (they use ``_`` and ``.``), nor do the seed aliases, while
 a plugin's loss name may.
@@ -23,6 +29,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from ensemble_engine.combiner import OTHER
 from ensemble_engine.errors import PluginError, RecipeError
 
 from .backbones import min_input_size, resolve_backbone
@@ -32,6 +39,8 @@ PRODUCER_NAME = "timm"
 RECIPE_SUFFIXES = (".yaml", ".yml")
 REFERENCE_SIZE = 224
 REFERENCE_TEST_SIZES = (224, 320, 380)  # the seed predicted at these sizes for 224-pixel training
+SUBSET_PER_CLASS = 500  # a specialist's training images per listed class (resampled)
+OTHER_PER_CLASS = 5  # a specialist's training images per other class, all labelled __other__
 VFLIP_ON = 0.5  # probability that --vflip switches on
 NOISE_ON = 1.0  # probability that --noise switches on: every image gets its own σ
 INITS = ("xavier", "default")
@@ -74,9 +83,14 @@ class Recipe:
     device: str = "auto"
     workers: int = 4
     test_sizes: tuple[int, ...] = REFERENCE_TEST_SIZES
-    tta: tuple[str, ...] = ("identity",)
+    tta: tuple[str, ...] = ("identity", "hflip")  # views that match the training flips
+    merge: str = "mean_logits"  # how the TTA views' outputs become one score row
     crop_pct: float = 0.875
     holdout: float = 0.0  # fraction of train held out for validation; 0 uses the val split
+    # A specialist (class-subset) run: these class ids plus one __other__ class; see ``specialist``.
+    subset: tuple[str, ...] = ()
+    subset_per_class: int = SUBSET_PER_CLASS
+    other_per_class: int = OTHER_PER_CLASS
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -89,10 +103,21 @@ class Recipe:
     def name(self) -> str:
         return f"{self.backbone}-{self.loss}"
 
+    @property
+    def specialist(self) -> bool:
+        """Whether this trains on a class subset plus ``__other__``."""
+        return bool(self.subset)
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain YAML/JSON-able values (tuples as lists), with ``producer`` for re-running."""
+        """Plain YAML/JSON-able values (tuples as lists), with ``producer`` for re-running.
+
+        The subset fields appear only in a specialist's recipe, so every other recipe (its
+        file, its hash, its run id) reads as it did before specialists existed.
+        """
         out = {"producer": PRODUCER_NAME}
         for key, value in asdict(self).items():
+            if key in SUBSET_FIELDS and not self.subset:
+                continue
             out[key] = list(value) if isinstance(value, tuple) else value
         return out
 
@@ -102,7 +127,8 @@ class Recipe:
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
 
     def run_id(self) -> str:
-        return f"{self.name}-s{self.seed}-{self.training_hash()}"
+        prefix = "cov-" if self.subset else ""
+        return f"{prefix}{self.name}-s{self.seed}-{self.training_hash()}"
 
     def replace(self, **changes: Any) -> Recipe:
         return replace(self, **changes)
@@ -112,7 +138,8 @@ HINTS: dict[str, Any] = get_type_hints(Recipe)
 FIELD_NAMES = tuple(f.name for f in fields(Recipe))
 # Values that leave the trained weights unchanged: not hashed, free to change on resume.
 # (``workers`` is one: every sample carries its own augmentation seed, see ``loaders``.)
-WEIGHT_NEUTRAL = frozenset({"device", "workers", "test_sizes", "tta"})
+WEIGHT_NEUTRAL = frozenset({"device", "workers", "test_sizes", "tta", "merge"})
+SUBSET_FIELDS = ("subset", "subset_per_class", "other_per_class")
 
 PROFILES: dict[str, dict[str, Any]] = {
     "imagenet": {},
@@ -130,6 +157,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "noise": 0.0,
         "aa": None,
         "workers": 2,
+        "tta": ("identity",),  # no flips in training, so none at test time either
     },
 }
 PROFILE_NOTES = {
@@ -142,6 +170,7 @@ PROFILE_NOTES = {
 OVERRIDE_KEYS = (
     "epochs", "batch_size", "lr", "img_size", "mixup", "cutmix", "aa", "vflip", "noise", "seed",
     "device", "workers", "amp", "ema", "loss_params", "test_sizes", "tta", "init", "holdout", "set",
+    "subset", "subset_per_class", "other_per_class",
 )  # fmt: skip
 NAME_FIELDS = ("backbone", "loss")
 
@@ -177,6 +206,15 @@ def _checks(r: Recipe) -> list[tuple[bool, str]]:
         (len(r.test_sizes) > 0 and len(r.tta) > 0, "test_sizes and tta need at least one value"),
         (0 < r.crop_pct <= 1, "crop_pct must lie in (0, 1]"),
         (0 <= r.holdout < 1, "holdout must lie in [0, 1), e.g. 0.1"),
+        (len(set(r.subset)) == len(r.subset), "subset lists a class twice; list each once"),
+        (OTHER not in r.subset, f"subset must not list {OTHER}: it is added by itself"),
+        (r.subset_per_class >= 1, "subset_per_class must be >= 1"),
+        (r.other_per_class >= 1, f"other_per_class must be >= 1 (the {OTHER} class needs images)"),
+        (
+            bool(r.subset)
+            or (r.subset_per_class, r.other_per_class) == (SUBSET_PER_CLASS, OTHER_PER_CLASS),
+            "subset_per_class and other_per_class need a subset (ee produce --subset FILE)",
+        ),
     ]
 
 
@@ -325,6 +363,11 @@ def check_buildable(recipe: Recipe) -> None:
             f"aa {recipe.aa!r} is not a timm augmentation policy ({exc}); use original, v0, "
             "rand-m9-mstd0.5 or none"
         ) from None
+    # The prediction half fails here too, rather than after a long training run.
+    from ee_tta import build_views, merge_kind
+
+    merge_kind(recipe.merge)
+    build_views(recipe.tta)
 
 
 def describe_fields() -> dict[str, str]:

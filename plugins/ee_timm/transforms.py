@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 MEAN = tuple(IMAGENET_DEFAULT_MEAN)
 STD = tuple(IMAGENET_DEFAULT_STD)
+EVAL_INTERPOLATION = "bilinear"  # as in training's random resized crops
 
 
 class GaussianNoise:
@@ -103,7 +104,7 @@ def eval_transform(size: int, crop_pct: float) -> Callable:
         input_size=size,
         is_training=False,
         crop_pct=crop_pct,
-        interpolation="bilinear",
+        interpolation=EVAL_INTERPOLATION,
         mean=MEAN,
         std=STD,
     )

@@ -1,0 +1,142 @@
+"""``ee weak-classes``: the classes a stored prediction gets wrong most often.
+
+The seed ensemble trained specialists on the classes its vote confused; this command finds them
+in any stored prediction (a producer's, an import, a fusion node's labels) from its per-class
+accuracy on a labelled split, and writes them as the class list ``ee produce --subset`` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+
+from ..combiner import OTHER
+from ..errors import EEError, StoreError
+from ..metrics import per_class_accuracy
+from ..store import PredictionStore, open_store, parse_id
+
+
+@dataclass(frozen=True)
+class ClassAccuracy:
+    """One class of a prediction's class space: its id, labelled rows and top-1 accuracy."""
+
+    cls: str
+    n: int
+    accuracy: float  # NaN where the split has no labelled row of the class
+
+    def to_dict(self) -> dict:
+        acc = None if math.isnan(self.accuracy) else self.accuracy
+        return {"class": self.cls, "n": self.n, "accuracy": acc}
+
+
+def class_accuracies(store: PredictionStore, name: str, split: str) -> list[ClassAccuracy]:
+    """Per-class top-1 of prediction ``name/split``, in the prediction's class space.
+
+    True labels are mapped into that space as the store maps them for metrics (a class outside a
+    specialist's subset counts as ``__other__``). Scores are read a row block at a time.
+    """
+    pred = store.get(name, split)
+    classes = store.classes_of(pred)
+    position = {c: i for i, c in enumerate(classes)}
+    other = position.get(OTHER, -1)
+    to_pred = np.array([position.get(c, other) for c in store.classes] + [-1], dtype=np.int64)
+    labels = to_pred[store.split(split).labels.astype(np.int64)]  # label -1 stays -1
+    if not (labels >= 0).any():
+        raise StoreError(
+            f"split {split!r} has no labels for {pred.id}'s classes; use a labelled split "
+            "(--split val)"
+        )
+    predicted = np.empty(len(labels), dtype=np.int64)
+    for rows, block in store.iter_rows(name, split):
+        predicted[rows] = block if pred.kind == "labels" else np.argmax(block, axis=1)
+    accuracy = per_class_accuracy(predicted, labels, len(classes))
+    counts = np.bincount(labels[labels >= 0], minlength=len(classes))
+    return [
+        ClassAccuracy(c, int(n), float(a))
+        for c, n, a in zip(classes, counts, accuracy, strict=True)
+    ]
+
+
+def weak_classes(accuracies: list[ClassAccuracy], threshold: float) -> list[ClassAccuracy]:
+    """Classes below ``threshold``, worst first (``__other__`` and unseen classes never)."""
+    weak = [a for a in accuracies if a.cls != OTHER and a.accuracy < threshold]  # NaN: False
+    return sorted(weak, key=lambda a: (a.accuracy, a.cls))
+
+
+def _table(rows: list[ClassAccuracy]):
+    from rich.table import Table
+
+    table = Table("class", "n", "accuracy")
+    for row in rows:
+        table.add_row(row.cls, str(row.n), f"{row.accuracy:.3f}")
+    return table
+
+
+@click.command("weak-classes")
+@click.argument("store")
+@click.argument("prediction")
+@click.option("--split", default="val", show_default=True, help="Labelled split to measure on.")
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="A class is weak when its accuracy is below this.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the weak class ids here, one per line (default: stdout).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print every class's accuracy as JSON.")
+def weak_classes_command(
+    store: str, prediction: str, split: str, threshold: float, output: Path | None, as_json: bool
+) -> None:
+    """Find the classes that PREDICTION gets right less often than the threshold.
+
+    PREDICTION is a name (measured on --split) or NAME/SPLIT. The class ids go to -o FILE (or
+    stdout), one per line, ready for `ee produce RECIPE --subset FILE`; a table of them (class,
+    labelled images, accuracy) is printed too.
+
+    \b
+    Example:
+      ee weak-classes ee.zarr resnet18-ce-s46 --threshold 0.8 -o weak.txt
+    """
+    from rich.console import Console
+
+    name, split = parse_id(prediction) if "/" in prediction else (prediction, split)
+    st = open_store(store, "r")
+    accuracies = class_accuracies(st, name, split)
+    weak = weak_classes(accuracies, threshold)
+    weak_ids = {a.cls for a in weak}  # the file lists them in class order
+    text = "".join(f"{a.cls}\n" for a in accuracies if a.cls in weak_ids)
+    if output is not None:
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise EEError(
+                f"cannot write {output}: {exc.strerror or exc}; choose another -o"
+            ) from None
+    if as_json:
+        payload = {
+            "prediction": f"{name}/{split}",
+            "threshold": threshold,
+            "weak": [a.cls for a in weak],
+            "classes": [a.to_dict() for a in accuracies],
+        }
+        click.echo(json.dumps(payload, indent=2))
+        return
+    console = Console(stderr=output is None)
+    console.print(f"{name}/{split}: {len(weak)} of {len(accuracies)} classes below {threshold:g}")
+    if weak:
+        console.print(_table(weak))
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        console.print(f"wrote {output} ({len(weak)} class ids)")

@@ -1,0 +1,133 @@
+"""The timm plugin's commands: ``ee recipes`` (what to train) and ``ee predict`` (re-predict).
+
+Both are added through the ``register_commands`` hook, like a third party's commands. Neither
+imports torch or timm until it runs, so ``ee --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ensemble_engine.commands.produce import split_list
+
+
+@click.command("recipes")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def recipes_command(as_json: bool) -> None:
+    """List backbone aliases and losses for <backbone>-<loss> recipes.
+
+    Any timm model name (`timm.list_models()`) is a backbone too.
+    """
+    from ensemble_engine.plugins import get_host
+
+    from .backbones import BACKBONE_ALIASES
+    from .recipe import PROFILE_NOTES
+
+    losses = [
+        {"name": e.name, "aliases": list(e.aliases), "description": e.description,
+         "plugin": e.plugin}
+        for e in get_host().losses
+    ]  # fmt: skip
+    if as_json:
+        payload = {"backbones": BACKBONE_ALIASES, "losses": losses, "defaults": PROFILE_NOTES}
+        click.echo(json.dumps(payload, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    backbones = Table("alias", "timm model", title="backbones (or any timm model name)")
+    for alias, model in BACKBONE_ALIASES.items():
+        backbones.add_row(alias, model)
+    loss_table = Table("loss", "aliases", "plugin", "description", title="losses")
+    for loss in losses:
+        loss_table.add_row(loss["name"], ", ".join(loss["aliases"]), loss["plugin"],
+                           loss["description"])  # fmt: skip
+    profiles = Table("defaults", "values", title="defaults profiles")
+    for profile, note in PROFILE_NOTES.items():
+        profiles.add_row(profile, note)
+    for table in (backbones, loss_table, profiles):
+        console.print(table)
+
+
+@click.command("predict")
+@click.argument("run", metavar="RUN_OR_CHECKPOINT", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="The image folder the run was trained on. Default: the embedded digits.",
+)
+@click.option("--store", default="ee.zarr", show_default=True, help="Prediction store path or URL.")
+@click.option("--test-sizes", metavar="N,N,...", help="Test sizes. Default: the run's recipe's.")
+@click.option("--tta", metavar="VIEW,...", help="TTA views (see `ee plugins`). Default: recipe's.")
+@click.option(
+    "--merge",
+    metavar="MODE",
+    help="How views merge: mean_logits, mean_probs or gmean. Default: the recipe's.",
+)
+@click.option("--keep-views", is_flag=True, help="Also store each view's own logits.")
+@click.option("--splits", metavar="SPLIT,...", help="Splits to predict. Default: all but train.")
+@click.option(
+    "--name",
+    help="Prediction name before -s<size>. Default: [cov-]<backbone>-<loss>[-seed<N>].",
+)
+@click.option("--force", is_flag=True, help="Replace predictions of the same names.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Images per batch.")
+@click.option("--device", metavar="auto|cpu|cuda", help="Where to predict.")
+@click.option("--workers", type=click.IntRange(min=0), help="Data-loading processes.")
+def predict_command(
+    run: Path,
+    data_dir: Path | None,
+    store: str,
+    test_sizes: str | None,
+    tta: str | None,
+    merge: str | None,
+    keep_views: bool,
+    splits: str | None,
+    name: str | None,
+    force: bool,
+    batch_size: int | None,
+    device: str | None,
+    workers: int | None,
+) -> None:
+    """Predict with a trained run again, at other test sizes or views, without training.
+
+    RUN_OR_CHECKPOINT is a run folder (its best.pth: the weights of the epoch with the best
+    val top-1) or a checkpoint file of one; the recipe saved in the checkpoint gives every
+    value not given here. Predictions are added to the store as `ee produce` writes them,
+    named <name>-s<size>.
+
+    \b
+    Examples:
+      ee predict runs/resnet18-ce-s0-1a2b3c4d --test-sizes 64
+      ee predict runs/resnet18-ce-s0-1a2b3c4d --tta identity,hflip,rotate --name r18-tta
+    """
+    from rich.console import Console
+
+    from ensemble_engine.data import open_dataset, register_splits
+    from ensemble_engine.store import open_store
+
+    from .prediction import load_run, predict_run
+    from .recipe import check_buildable
+
+    trained = load_run(run)
+    changes = {
+        "test_sizes": split_list(test_sizes, int, "--test-sizes") if test_sizes else None,
+        "tta": split_list(tta, str, "--tta") if tta else None,
+        "merge": merge, "batch_size": batch_size, "device": device, "workers": workers,
+    }  # fmt: skip
+    recipe = trained.recipe.replace(**{k: v for k, v in changes.items() if v is not None})
+    check_buildable(recipe)
+    source = open_dataset(data_dir)
+    st = open_store(store, "a")
+    register_splits(st, source)
+    ids = predict_run(
+        trained, source, st, recipe=recipe,
+        splits=split_list(splits, str, "--splits") if splits else None,
+        name=name, replace=force, keep_views=keep_views, console=Console(stderr=True),
+    )  # fmt: skip
+    click.echo(f"wrote {len(ids)} prediction(s) to {store}: {', '.join(ids)}")
