@@ -496,3 +496,13 @@ def test_cli_graphs_lists_the_shipped_graphs(run_cli):
     rows = {r["name"]: r for r in json.loads(res.stdout)}
     assert rows["vipriors2021"]["output"] == "final" and rows["vipriors2021"]["fit"] == "val"
     assert load_graph("vipriors2021").source == "vipriors2021.yaml"
+
+
+def test_where_skips_single_view_predictions_unless_asked():
+    from ensemble_engine.graph.select import where_matches
+
+    merged = {"loss": "ce", "test_size": 32}
+    view = {**merged, "view": "hflip"}
+    assert where_matches("r-ce-s32", merged, {"loss": "ce", "test_size": 32})
+    assert not where_matches("r-ce-s32.view-hflip", view, {"loss": "ce", "test_size": 32})
+    assert where_matches("r-ce-s32.view-hflip", view, {"loss": "ce", "view": "hflip"})

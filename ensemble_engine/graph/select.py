@@ -10,7 +10,9 @@ A selection is a name, a list of names and fnmatch globs, or ``{where: {attr: va
   starting with ``!`` removes what its glob matches from the entries before it.
 - ``where`` matches stored predictions only, by metadata equality (values compared as text
   too, so ``test_size: "224"`` matches 224; a list value accepts any of its items). ``name``
-  inside ``where`` takes globs, ``!`` excluding.
+  inside ``where`` takes globs, ``!`` excluding. Single-view predictions kept by
+  ``--keep-views`` (attr ``view``) share their merged prediction's facts, so ``where`` skips
+  them unless it names ``view`` itself.
 
 Globs and ``where`` skip stored outputs of earlier runs of the same graph (``graph_name``): a
 renamed or removed node's old output must not slip back in as an input. A stored prediction is
@@ -106,6 +108,8 @@ def name_matches(name: str, patterns: Any) -> bool:
 
 
 def where_matches(name: str, facts: dict[str, Any], where: dict[str, Any]) -> bool:
+    if "view" in facts and "view" not in where:
+        return False
     for key, want in where.items():
         if key == "name":
             if not name_matches(name, want):
