@@ -237,6 +237,8 @@ def _start_worker(store_path: str, parent_pid: int) -> None:
 
 def _exit_with_parent(parent_pid: int) -> None:
     """A worker whose parent was killed (kill -9 leaves no chance to stop it) exits too."""
+    if parent_pid == os.getpid():  # run in-process (threads standing in for workers)
+        return
     while os.getppid() == parent_pid:
         time.sleep(0.5)
     os._exit(1)
