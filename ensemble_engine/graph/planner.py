@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..combiner import Combiner
@@ -53,6 +53,8 @@ class Plan:
     splits: list[str]  # the fit split first, then the other apply splits: what each node writes
     nodes: list[PlannedNode]  # topological order
     output: str
+    # attrs of every complete stored prediction on the plan's splits, as read while planning
+    stored_attrs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, repr=False)
 
     def node(self, node_id: str) -> PlannedNode:
         return next(n for n in self.nodes if n.id == node_id)
@@ -120,7 +122,12 @@ def plan(spec: GraphSpec, store: PredictionStore) -> Plan:
         pn.cached = all(
             s in done and done[s].attrs.get("node_hash") == pn.node_hash for s in splits
         )
-    return Plan(spec, store.path, store.classes, spec.fit, splits, order, spec.output)
+    stored = {
+        (name, split): pred.attrs
+        for name, per_split in index.by_name.items()
+        for split, pred in per_split.items()
+    }
+    return Plan(spec, store.path, store.classes, spec.fit, splits, order, spec.output, stored)
 
 
 def _check_splits(spec: GraphSpec, store: PredictionStore) -> list[str]:

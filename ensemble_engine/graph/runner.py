@@ -70,7 +70,7 @@ class RunState:
     def __init__(self, plan: Plan, store: PredictionStore) -> None:
         self.plan, self.store = plan, store
         self.splits = {s: store.split(s) for s in plan.splits}
-        self._attrs: dict[tuple[str, str], dict[str, Any]] = {}
+        self._attrs: dict[tuple[str, str], dict[str, Any]] = dict(plan.stored_attrs)
 
     def attrs(self, name: str, split: str) -> dict[str, Any]:
         if (name, split) not in self._attrs:
