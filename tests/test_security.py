@@ -328,3 +328,25 @@ def test_the_network_guard_is_real(no_network):
     left.close()
     right.close()
     assert len(no_network) == 2
+
+
+def test_run_id_cannot_escape_the_runs_folder(tmp_path, digits_dir, run_cli):
+    runs = tmp_path / "runs"
+    res = run_cli(
+        "produce",
+        "resnet10t-ce",
+        "--data",
+        digits_dir,
+        "--store",
+        tmp_path / "s.zarr",
+        "--runs-dir",
+        runs,
+        "--run-id",
+        "../escape",
+        "--epochs",
+        "1",
+    )
+    assert res.exit_code == 2, res.output
+    assert "invalid run id '../escape'" in res.stderr
+    assert not (tmp_path / "escape").exists()
+    assert not runs.exists() or list(runs.iterdir()) == []

@@ -18,7 +18,7 @@ from rich.table import Table
 from ensemble_engine.data import DatasetSource, Sample, open_dataset, register_splits
 from ensemble_engine.errors import DataError, RecipeError
 from ensemble_engine.producer import Producer, ProduceRequest
-from ensemble_engine.store import PredictionStore
+from ensemble_engine.store import PredictionStore, check_name
 
 from .prediction import (
     base_name,
@@ -118,7 +118,7 @@ class TimmProducer(Producer):
             f"data: {source.root} ({what}{len(classes)} classes, {len(train_samples)} train, "
             f"{len(val_samples)} val images)"
         )
-        run_dir = Path(request.runs_dir) / (request.run_id or recipe.run_id())
+        run_dir = Path(request.runs_dir) / check_name(request.run_id or recipe.run_id(), "run id")
         try:
             result = train(
                 recipe, train_samples, val_samples, classes, run_dir,
