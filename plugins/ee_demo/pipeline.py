@@ -1,0 +1,195 @@
+"""The demo's steps: data, producers, the seed graph, weak classes, specialists, coverage.
+
+Each step goes through the same Python API as the commands (``ee data digits``, ``ee produce``,
+``ee combine``, ``ee weak-classes``), so the work folder ends up holding exactly what a user
+running those commands by hand would have::
+
+    WORKDIR/data/        the digits in the VIPriors layout (train/ val/ test/)
+    WORKDIR/ee.zarr      the prediction store: producers, specialists, fusion nodes
+    WORKDIR/runs/<run>/  one run folder per trained model (recipe.yaml, summary.csv, best.pth)
+    WORKDIR/graph.yaml   the fusion graph, reading ee.zarr (``ee combine WORKDIR/graph.yaml``)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from rich.console import Console
+
+from ensemble_engine.errors import EEError
+from ensemble_engine.graph import NodeResult, execute, load_graph, plan
+from ensemble_engine.store import PredictionStore, open_store
+
+from .config import DemoConfig, ProducerJob
+from .workers import TrainOutcome, TrainTask, run_tasks
+
+MARKER = "ee-demo.json"
+GRAPH_FILE = "graph.yaml"
+STORE_DIR = "ee.zarr"
+OUTPUTS = ("data", "runs", STORE_DIR, GRAPH_FILE, MARKER)
+# Nodes of the demo graph: the final node's base is what the weak classes are measured on; the
+# final node needs the specialists, so the first pass stops before it.
+BASE, FINAL = "stacked", "final"
+DATA_SEED = 0  # the digits split is fixed, so every --seed is scored on the same images
+
+
+@dataclass
+class DemoRun:
+    """What one demo run did: its folder, timings, the weak classes and the fusion results."""
+
+    workdir: Path
+    config: DemoConfig
+    seed: int
+    weak: list[str] = field(default_factory=list)
+    nodes: list[NodeResult] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # step → wall seconds
+
+    @property
+    def store_path(self) -> Path:
+        return self.workdir / STORE_DIR
+
+    @property
+    def graph_path(self) -> Path:
+        return self.workdir / GRAPH_FILE
+
+
+def prepare_workdir(workdir: Path) -> None:
+    """An empty folder, or one a previous demo wrote (its outputs are removed, nothing else).
+
+    A non-empty folder without the demo's marker is refused: it may hold someone's work.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not any(workdir.iterdir()):
+        return
+    if not (workdir / MARKER).is_file():
+        raise EEError(
+            f"{workdir} is not empty and was not written by `ee demo`; "
+            "choose an empty or new --workdir"
+        )
+    for name in OUTPUTS:
+        path = workdir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def write_inputs(run: DemoRun) -> PredictionStore:
+    """The digits tree, the store with its splits registered, the graph file, the marker."""
+    from ee_data import open_digits
+
+    from ensemble_engine.data import register_splits
+
+    source = open_digits(run.workdir / "data", seed=DATA_SEED)
+    store = open_store(run.store_path, "a")
+    register_splits(store, source)
+    text = resources.files(__package__).joinpath(GRAPH_FILE).read_text("utf-8")
+    run.graph_path.write_text(text, encoding="utf-8")
+    marker = {"config": run.config.name, "seed": run.seed}
+    (run.workdir / MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+    return store
+
+
+def tasks_for(run: DemoRun, jobs: list[ProducerJob]) -> list[TrainTask]:
+    return [
+        TrainTask(
+            recipe=job.recipe,
+            name=job.name,
+            data_dir=run.workdir / "data",
+            store=str(run.store_path),
+            runs_dir=run.workdir / "runs",
+            overrides=run.config.overrides(job, run.seed),
+            subset=job.subset,
+        )
+        for job in jobs
+    ]
+
+
+def train_all(
+    run: DemoRun, jobs: list[ProducerJob], workers: int, console: Console
+) -> list[TrainOutcome]:
+    """Train and predict every job, longest first so the last one does not run alone."""
+    order = sorted(range(len(jobs)), key=lambda i: -jobs[i].epochs)
+    tasks = tasks_for(run, [jobs[i] for i in order])
+
+    def done(outcome: TrainOutcome) -> None:
+        console.print(f"  trained {outcome.name} ({outcome.seconds:.0f} s)")
+
+    return run_tasks(tasks, workers, done)
+
+
+def combine(run: DemoRun, *, upto: str | None = None) -> list[NodeResult]:
+    """Run the demo graph; with ``upto``, only that node and what it needs (its output)."""
+    spec = load_graph(run.graph_path)
+    if upto is not None:
+        spec.nodes = [t for t in spec.nodes if t.key != FINAL]
+        spec.output = upto
+    store = open_store(run.store_path, "a")
+    return execute(plan(spec, store), store)
+
+
+def find_weak(run: DemoRun) -> list[str]:
+    """The base's weakest classes on val (never test): below the threshold, worst first.
+
+    The base's val predictions are out of fold, so these are the classes it gets wrong on
+    images it was not fitted on.
+    """
+    from ensemble_engine.commands.analysis import class_accuracies, weak_classes
+
+    store = open_store(run.store_path, "r")
+    found = weak_classes(class_accuracies(store, BASE, "val"), run.config.weak_threshold)
+    weak = [a.cls for a in found[: run.config.max_weak]]
+    if len(weak) < 2:  # a specialist needs a choice between subset classes to be of use
+        worst = sorted(class_accuracies(store, BASE, "val"), key=lambda a: (a.accuracy, a.cls))
+        weak = [a.cls for a in worst[:2]]
+    order = list(store.classes)
+    return sorted(weak, key=order.index)
+
+
+def run_demo(
+    workdir: Path, config: DemoConfig, *, seed: int, workers: int, console: Console
+) -> DemoRun:
+    """Every step of the demo; returns what the tables need. Progress goes to ``console``."""
+    run = DemoRun(Path(workdir), config, seed)
+    clock = time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        run.seconds[step] = now - clock
+        clock = now
+
+    prepare_workdir(run.workdir)
+    write_inputs(run)
+    lap("data")
+    jobs = config.producer_jobs()
+    console.print(
+        f"[bold]1/4[/bold] training {len(jobs)} models ({config.epochs} epochs, {workers} at a "
+        f"time), each predicted at sizes {', '.join(map(str, config.test_sizes))} with TTA "
+        f"{'+'.join(config.tta)}"
+    )
+    train_all(run, jobs, workers, console)
+    lap("producers")
+    console.print(
+        "[bold]2/4[/bold] fusing: stage 1 soft votes per loss × size; stage 2 hard vote (seed) "
+        "and stacked (learned on val)"
+    )
+    combine(run, upto=BASE)
+    lap("fusion")
+    run.weak = find_weak(run)
+    specialists = config.specialist_jobs(run.weak)
+    console.print(
+        f"[bold]3/4[/bold] weak classes of {BASE} on val: {', '.join(run.weak)}; training "
+        f"{len(specialists)} specialist(s) on them + __other__"
+    )
+    train_all(run, specialists, workers, console)
+    lap("specialists")
+    console.print(f"[bold]4/4[/bold] coverage: the specialists correct {BASE}")
+    run.nodes = combine(run)
+    lap("coverage")
+    return run

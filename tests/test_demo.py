@@ -1,0 +1,199 @@
+"""``ee demo``: the quick pipeline end to end, and the pieces its summary is built from.
+
+The quick demo runs once for the module (it trains real models: ~1 minute on two cores); its
+printed numbers are checked against values recomputed here from the stored scores and labels.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ee_demo import tables
+from ee_demo.config import FULL, LOSSES, QUICK
+from ee_demo.pipeline import MARKER, DemoRun, find_weak
+
+from ensemble_engine.combiner import OTHER
+from ensemble_engine.store import open_store
+
+SUMMARY = re.compile(
+    r"test top-1: best single (?P<best>[\d.]+)% \((?P<name>[\w-]+)\) → fused (?P<fused>[\d.]+)% "
+    r"→ covered (?P<covered>[\d.]+)%; error ratio final/best single (?P<ratio>[\d.]+)"
+)
+
+
+def accuracy(store, name: str, split: str) -> float:
+    """Top-1 of a stored prediction, recomputed from its scores or labels."""
+    truth = np.asarray(store.split(split).labels)
+    values = store.read(name, split)
+    predicted = values.argmax(axis=1) if values.ndim == 2 else values
+    return float((predicted == truth).mean())
+
+
+# --- the quick demo, end to end ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory) -> tuple[Path, str]:
+    from click.testing import CliRunner
+
+    from ensemble_engine.cli import build_cli
+
+    workdir = tmp_path_factory.mktemp("demo") / "work"
+    result = CliRunner().invoke(build_cli(), ["demo", "--quick", "--workdir", str(workdir)])
+    assert result.exit_code == 0, result.output
+    return workdir, result.output
+
+
+@pytest.mark.slow
+def test_quick_demo_prints_every_table(quick_demo):
+    _, out = quick_demo
+    for title in ("Table I: backbones × losses", "Table II: one loss", "fusion graph",
+                  "weak classes: stacked → final"):  # fmt: skip
+        assert title in out
+    jobs = QUICK.producer_jobs()
+    for job in jobs:  # one row per model: backbone, loss, then 2 splits × 3 sizes of numbers
+        row = re.search(rf"^ ?{job.backbone} +{job.loss} +(.+)$", out, re.M)
+        assert row is not None, job.recipe
+        numbers = [float(x) for x in row.group(1).split()]
+        assert len(numbers) == 2 * len(QUICK.test_sizes)
+        assert all(0 <= x <= 100 for x in numbers)
+    for node in ("stage2", "stacked", "final *", f"soft_ce_{QUICK.test_sizes[0]}"):
+        assert re.search(rf"^ ?{re.escape(node)} ", out, re.M), node
+    assert "ee ls" in out and "ee report" in out and "--plan" in out
+
+
+@pytest.mark.slow
+def test_quick_demo_summary_matches_the_store(quick_demo):
+    workdir, out = quick_demo
+    match = SUMMARY.search(" ".join(out.split()))  # the line may wrap at 80 columns
+    assert match is not None, out
+    store = open_store(workdir / "ee.zarr", "r")
+    singles = {
+        p.name: accuracy(store, p.name, "test")
+        for p in store.list(split="test")
+        if (p.attrs.get("source") or {}).get("type") == "producer" and "subset" not in p.attrs
+    }
+    best = max(singles.values())
+    fused, covered = accuracy(store, "stacked", "test"), accuracy(store, "final", "test")
+    assert float(match["best"]) == pytest.approx(100 * best, abs=0.006)
+    assert singles[f"{match['name']}-s{_best_size(singles, match['name'], best)}"] == best
+    assert float(match["fused"]) == pytest.approx(100 * fused, abs=0.006)
+    assert float(match["covered"]) == pytest.approx(100 * covered, abs=0.006)
+    assert float(match["ratio"]) == pytest.approx((1 - covered) / (1 - best), abs=0.006)
+
+
+def _best_size(singles: dict[str, float], model: str, best: float) -> int:
+    return next(int(n.rsplit("-s", 1)[1]) for n, v in singles.items()
+                if n.rsplit("-s", 1)[0] == model and v == best)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_an_ordinary_store(quick_demo, run_cli):
+    workdir, _ = quick_demo
+    store = open_store(workdir / "ee.zarr", "r")
+    for job in QUICK.producer_jobs():
+        for size in QUICK.test_sizes:
+            for split in ("val", "test"):
+                pred = store.get(f"{job.name}-s{size}", split)
+                assert pred.attrs["test_size"] == size
+                assert pred.attrs["tta"] == list(QUICK.tta)
+    for loss in LOSSES:
+        for size in QUICK.test_sizes:
+            assert store.exists(f"soft_{loss}_{size}", "test")
+    specialists = [p for p in store.list("cov-*", split="val")]
+    assert specialists, "no specialist predictions"
+    weak = specialists[0].attrs["subset"]["classes"]
+    assert store.classes_of(specialists[0]) == [*weak, OTHER]
+    runs = sorted((workdir / "runs").iterdir())
+    assert len(runs) == len(QUICK.producer_jobs()) + len(QUICK.specialist_backbones)
+    assert all((r / "recipe.yaml").is_file() and (r / "best.pth").is_file() for r in runs)
+    assert run_cli("validate", workdir / "ee.zarr").exit_code == 0
+    plan = run_cli("combine", workdir / "graph.yaml", "--plan", "--json")
+    assert plan.exit_code == 0, plan.output
+    assert all(node["cached"] for node in json.loads(plan.output)["nodes"])
+
+
+# --- the pieces --------------------------------------------------------------------------------
+
+
+def test_configs_keep_the_seed_structure():
+    for config in (FULL, QUICK):
+        assert config.losses == ("ce", "taylor_ce", "bi_tempered")
+        assert len(config.test_sizes) == 3 and len(config.tta) >= 2
+        table_one = [j for j in config.producer_jobs() if j.table == "I"]
+        assert len(table_one) == len(config.backbones) * 3
+    assert len(FULL.backbones) >= 4 and len(FULL.single_loss) >= 2
+    names = [j.name for j in FULL.producer_jobs()]
+    assert len(names) == len(set(names))
+
+
+def test_refuses_a_folder_it_did_not_write(tmp_path, run_cli):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = run_cli("demo", "--quick", "--workdir", tmp_path)
+    assert result.exit_code == 2
+    assert "--workdir" in result.output and (tmp_path / "notes.txt").is_file()
+
+
+def test_clears_only_its_own_outputs(tmp_path):
+    from ee_demo.pipeline import prepare_workdir
+
+    (tmp_path / MARKER).write_text("{}")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "old").write_text("x")
+    (tmp_path / "keep.txt").write_text("x")
+    prepare_workdir(tmp_path)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / MARKER).exists()
+    assert (tmp_path / "keep.txt").is_file()
+
+
+def test_summary_error_ratio_by_hand():
+    # best single 97.00% (3.00% error), covered 98.50% (1.50% error): ratio 1.5 / 3 = 0.5
+    s = tables.Summary("m", best_single_test=0.97, fused_test=0.98, covered_test=0.985)
+    assert s.error_ratio == pytest.approx(0.5)
+    assert "97.00% (m) → fused 98.00% → covered 98.50%; error ratio final/best single 0.50" in (
+        s.line()
+    )
+
+
+def _store_with_split(path: Path, labels: list[int]):
+    store = open_store(path, "a")
+    store.set_classes(["a", "b", "c"])
+    store.add_split("val", [f"i{k}" for k in range(len(labels))], labels)
+    store.add_split("test", [f"t{k}" for k in range(len(labels))], labels)
+    return store
+
+
+def _producer(store, name: str, split: str, scores: np.ndarray, **facts) -> None:
+    meta = {"source": {"type": "producer", "plugin": "t"}, **facts}
+    store.write_prediction(name, split, kind="probs", scores=scores, meta=meta, dtype="float32")
+
+
+def test_producer_scores_group_sizes_and_skip_specialists(tmp_path):
+    labels = [0, 1, 2, 0]
+    store = _store_with_split(tmp_path / "s.zarr", labels)
+    right, wrong = np.eye(3)[labels], np.eye(3)[[1, 1, 2, 0]]  # the second: 3 of 4 right
+    for split in ("val", "test"):
+        _producer(store, "r-ce-s28", split, right, backbone="r", loss="ce", test_size=28)
+        _producer(store, "r-ce-s32", split, wrong, backbone="r", loss="ce", test_size=32)
+        _producer(store, "cov-r-ce-s32", split, wrong, backbone="r", loss="ce", test_size=32,
+                  subset={"classes": ["a"]})  # fmt: skip
+    (model,) = tables.producer_scores(store, [28, 32])
+    assert (model.name, model.backbone, model.loss) == ("r-ce", "r", "ce")
+    assert model.top1 == {("val", 28): 1.0, ("val", 32): 0.75, ("test", 28): 1.0,
+                          ("test", 32): 0.75}  # fmt: skip
+    assert model.best("test") == 1.0
+
+
+def test_weak_classes_are_the_worst_on_val(tmp_path):
+    # class a: 2 of 2 right, b: 1 of 2, c: 0 of 2 → below 0.99: c (0.0) then b (0.5)
+    labels = [0, 0, 1, 1, 2, 2]
+    store = _store_with_split(tmp_path / "ee.zarr", labels)
+    for split in ("val", "test"):
+        store.write_prediction("stacked", split, kind="labels", labels=np.array([0, 0, 1, 0, 0, 1]),
+                               meta={"source": {"type": "combiner"}})  # fmt: skip
+    run = DemoRun(tmp_path, QUICK, seed=0)
+    assert find_weak(run) == ["b", "c"]
