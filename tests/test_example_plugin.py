@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,3 +94,49 @@ def test_plugin_loss_is_built_by_name(plugin_path):
 
     p = math.exp(1) / (math.exp(1) + 1)
     assert float(out) == pytest.approx(-math.log(p) + 2.0 * (1 - p), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_plugin_loss_and_combiner_work_through_produce_and_combine(
+    plugin_path, tmp_path, digits_dir
+):
+    """The plugin's loss trains a model via `ee produce`; its combiner fuses via `ee combine`."""
+    store = tmp_path / "s.zarr"
+    common = [
+        "--data",
+        digits_dir,
+        "--store",
+        store,
+        "--runs-dir",
+        tmp_path / "runs",
+        "--epochs",
+        "1",
+        "--img-size",
+        "32",
+        "--test-sizes",
+        "32",
+        "--batch-size",
+        "64",
+        "--workers",
+        "0",
+    ]
+    ee(plugin_path, "produce", "resnet10t-poly1", "--loss-param", "epsilon=2.0", *common)
+    ee(plugin_path, "produce", "resnet10t-ce", *common)
+    from ensemble_engine.store import open_store
+
+    st = open_store(store, "r")
+    assert {p.attrs["loss"] for p in st.list(split="val")} == {"poly1", "ce"}
+    graph = tmp_path / "g.yaml"
+    graph.write_text(
+        "version: 1\nfit: val\napply: [val, test]\nnodes:\n  med:\n"
+        "    combiner: median_vote\n    inputs: ['resnet10t-*']\noutput: med\n"
+    )
+    ee(plugin_path, "combine", graph, "--store", store)
+    st = open_store(store, "r")
+    a, b = (st.read(f"resnet10t-{loss}-s32", "test") for loss in ("poly1", "ce"))
+    pa = np.exp(a - a.max(1, keepdims=True))
+    pa /= pa.sum(1, keepdims=True)
+    pb = np.exp(b - b.max(1, keepdims=True))
+    pb /= pb.sum(1, keepdims=True)
+    med = (pa + pb) / 2  # the median of two is their mean
+    np.testing.assert_allclose(st.read("med", "test"), med / med.sum(1, keepdims=True), atol=2e-3)
