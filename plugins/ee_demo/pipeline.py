@@ -113,9 +113,8 @@ def tasks_for(run: DemoRun, jobs: list[ProducerJob]) -> list[TrainTask]:
 def train_all(
     run: DemoRun, jobs: list[ProducerJob], workers: int, console: Console
 ) -> list[TrainOutcome]:
-    """Train and predict every job, longest first so the last one does not run alone."""
-    order = sorted(range(len(jobs)), key=lambda i: -jobs[i].epochs)
-    tasks = tasks_for(run, [jobs[i] for i in order])
+    """Train and predict every job (``workers`` at a time), printing a line as each ends."""
+    tasks = tasks_for(run, jobs)
 
     def done(outcome: TrainOutcome) -> None:
         console.print(f"  trained {outcome.name} ({outcome.seconds:.0f} s)")
@@ -124,7 +123,11 @@ def train_all(
 
 
 def combine(run: DemoRun, *, upto: str | None = None) -> list[NodeResult]:
-    """Run the demo graph; with ``upto``, only that node and what it needs (its output)."""
+    """Run the demo graph; with ``upto``, without the final node and with ``upto`` as output.
+
+    The first pass needs ``upto``: the final node reads specialists that do not exist yet. Its
+    nodes keep the graph file's name, so the second, full pass finds them cached.
+    """
     spec = load_graph(run.graph_path)
     if upto is not None:
         spec.nodes = [t for t in spec.nodes if t.key != FINAL]

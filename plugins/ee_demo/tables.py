@@ -96,7 +96,7 @@ def producers_table(models: Sequence[ProducerScores], sizes: Sequence[int], titl
     table.add_column("loss", no_wrap=True)
     for split in SPLITS:
         for size in sizes:
-            table.add_column(f"{split} {size}", justify="right", no_wrap=True)
+            table.add_column(f"{split}\n{size}", justify="right", no_wrap=True)
     for m in models:
         cells = [_pct(m.top1.get((split, size))) for split in SPLITS for size in sizes]
         table.add_row(m.backbone, m.loss, *cells)
@@ -148,7 +148,7 @@ def weak_classes_table(
     acc = {}
     for split in SPLITS:
         for name in (before, after):
-            table.add_column(f"{split} {name}", justify="right", no_wrap=True)
+            table.add_column(f"{split}\n{name}", justify="right", no_wrap=True)
             acc[(split, name)] = class_accuracy(store, name, split)
     for cls in weak:
         i = classes.index(cls)
