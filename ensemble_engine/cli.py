@@ -77,8 +77,10 @@ class EEGroup(click.Group):
 def build_cli() -> click.Group:
     """Build the app: core commands, then every plugin's ``register_commands``."""
     from .commands.analysis import weak_classes_command
+    from .commands.combine import combine_command, graphs_command
     from .commands.info import plugins_command
     from .commands.io import export_command, import_command
+    from .commands.produce import produce_command
     from .commands.store import ls_command, store_group, validate_command
     from .plugins import get_host
 
@@ -107,30 +109,13 @@ def build_cli() -> click.Group:
         export_command,
         store_group,
         weak_classes_command,
+        produce_command,
+        combine_command,
+        graphs_command,
     ):
         cli.add_command(command)
-    for module, name in (
-        ("produce", "produce_command"),
-        ("combine", "combine_command"),
-        ("combine", "graphs_command"),
-    ):
-        command = _optional_command(module, name)
-        if command is not None:
-            cli.add_command(command)
     get_host().add_commands(cli)
     return cli
-
-
-def _optional_command(module: str, name: str) -> click.Command | None:
-    import importlib
-
-    try:
-        mod = importlib.import_module(f"ensemble_engine.commands.{module}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"ensemble_engine.commands.{module}":
-            return None
-        raise
-    return getattr(mod, name, None)
 
 
 def main() -> None:
