@@ -125,3 +125,18 @@ class Registry:
     @property
     def aliases(self) -> dict[str, str]:
         return dict(self._aliases)
+
+
+def lazy_exports(package: str, exports: Mapping[str, str]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` that imports ``package.<exports[name]>`` on first access.
+
+    Plugins re-export their classes this way so that loading the plugin (to list commands or
+    read a store) does not import torch, timm or scikit-learn.
+    """
+
+    def __getattr__(name: str) -> Any:
+        if name in exports:
+            return getattr(importlib.import_module(f"{package}.{exports[name]}"), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__

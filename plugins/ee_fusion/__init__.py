@@ -7,6 +7,7 @@ maths is testable on plain arrays; the engine streams row chunks through ``apply
 from __future__ import annotations
 
 from ensemble_engine.hookspecs import Register, hookimpl
+from ensemble_engine.registry import lazy_exports
 
 # Combiner classes are imported on first use (scipy and scikit-learn take a second to load).
 _EXPORTS = {
@@ -20,12 +21,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 def _target(cls: str) -> str:

@@ -8,6 +8,7 @@ Every loss is a ``torch.nn.Module`` built from keyword parameters (all with defa
 from __future__ import annotations
 
 from ensemble_engine.hookspecs import Register, hookimpl
+from ensemble_engine.registry import lazy_exports
 
 # Loss classes are imported on first use (module-level __getattr__), so loading the plugin to
 # list commands or read a store does not import torch.
@@ -25,12 +26,7 @@ _EXPORTS = {
 __all__ = [*sorted(_EXPORTS), "register_losses"]
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 def _target(cls: str) -> str:

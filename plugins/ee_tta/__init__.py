@@ -9,6 +9,7 @@ scores (``merge``: mean_logits, mean_probs, gmean) into the prediction store.
 from __future__ import annotations
 
 from ensemble_engine.hookspecs import Register, hookimpl
+from ensemble_engine.registry import lazy_exports
 
 # Everything below is imported on first use (module-level __getattr__): loading the plugin to
 # list commands or read a store must not import torch and timm.
@@ -36,12 +37,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 @hookimpl
