@@ -256,11 +256,19 @@ def loop_benchmark(
     device: str = "cpu",
     amp: bool = False,
     channels_last: bool = False,
+    img_size: int = 32,
+    per_class: int = 50,
 ) -> dict[str, Any]:
-    """Engine versus plain loop on freshly written digits; the numbers as a dict."""
+    """Engine versus plain loop on freshly written digits; the numbers as a dict.
+
+    ``img_size`` is the training size (the 32-pixel digits are upscaled by the random resized
+    crop) and ``per_class`` the train and val images per digit: on a GPU, the defaults make
+    epochs of a fraction of a second, where the per-epoch work both loops share (validation)
+    and the engine's own (checkpoints, summary) weigh far more than in any real run.
+    """
     work = Path(tempfile.mkdtemp(prefix="ee-bench-train-"))
     try:
-        write_digits(work / "digits")
+        write_digits(work / "digits", train_per_class=per_class, val_per_class=per_class)
         data = ImageFolderSource(work / "digits")
         recipe = digits_recipe(
             backbone,
@@ -269,6 +277,7 @@ def loop_benchmark(
                 "workers": workers,
                 "device": device,
                 "amp": amp,
+                "img_size": img_size,
                 "set": {"channels_last": channels_last},
             },
         )
@@ -280,6 +289,7 @@ def loop_benchmark(
             device=device,
             amp=recipe.amp,
             channels_last=recipe.channels_last,
+            img_size=recipe.img_size,
             train_images=len(data.samples("train")),
             val_images=len(data.samples("val")),
         )
@@ -294,6 +304,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--img-size", type=int, default=32, help="training size (digits upscaled)")
+    ap.add_argument("--per-class", type=int, default=50, help="train and val images per digit")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--amp", action="store_true", help="compare AMP with float32 (CUDA only)")
     ap.add_argument("--channels-last", action="store_true", help="channels-last (CUDA only)")
@@ -324,10 +336,12 @@ def main() -> None:
         device=device,
         amp=gpu and args.amp,
         channels_last=gpu and args.channels_last,
+        img_size=args.img_size,
+        per_class=args.per_class,
     )
     print(
-        f"{args.backbone}, digits 32 px, {loop['train_images']} train + {loop['val_images']} val"
-        f" images, {args.epochs} epochs, batch 64, workers {args.workers}, "
+        f"{args.backbone}, digits {args.img_size} px, {loop['train_images']} train + "
+        f"{loop['val_images']} val images, {args.epochs} epochs, batch 64, workers {args.workers}, "
         f"best of {args.repeats} (alternating)"
     )
     for side in ("engine", "plain"):
