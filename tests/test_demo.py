@@ -6,8 +6,13 @@ printed numbers are checked against values recomputed here from the stored score
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,16 +41,43 @@ def accuracy(store, name: str, split: str) -> float:
 # --- the quick demo, end to end ----------------------------------------------------------------
 
 
+NETGUARD = Path(__file__).parent / "netguard"  # sitecustomize: no internet in any process
+
+
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory) -> tuple[Path, str]:
+    """``ee demo --quick`` with internet sockets off here and in every process it spawns."""
     from click.testing import CliRunner
 
     from ensemble_engine.cli import build_cli
 
-    workdir = tmp_path_factory.mktemp("demo") / "work"
-    result = CliRunner().invoke(build_cli(), ["demo", "--quick", "--workdir", str(workdir)])
+    base = tmp_path_factory.mktemp("demo")
+    workdir, attempts = base / "work", base / "network-attempts.log"
+    with pytest.MonkeyPatch.context() as mp:
+        path = os.pathsep.join(filter(None, [str(NETGUARD), os.environ.get("PYTHONPATH")]))
+        mp.setenv("PYTHONPATH", path)
+        mp.setenv("EE_TEST_NO_NETWORK", str(attempts))
+        for name in ("socket", "create_connection", "getaddrinfo", "gethostbyname"):
+            mp.setattr(socket, name, getattr(socket, name))  # restored when the block ends
+        spec = importlib.util.spec_from_file_location("ee_netguard", NETGUARD / "sitecustomize.py")
+        guard = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(guard)  # reads EE_TEST_NO_NETWORK and installs the guard here
+        result = CliRunner().invoke(build_cli(), ["demo", "--quick", "--workdir", str(workdir)])
     assert result.exit_code == 0, result.output
+    assert not attempts.exists(), attempts.read_text()
     return workdir, result.output
+
+
+def test_the_network_guard_reaches_spawned_processes(tmp_path):
+    """The guard the quick demo runs under does stop a child process from connecting."""
+    attempts = tmp_path / "attempts.log"
+    env = {**os.environ, "PYTHONPATH": str(NETGUARD), "EE_TEST_NO_NETWORK": str(attempts)}
+    code = "import socket; socket.create_connection(('127.0.0.1', 9), timeout=1)"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode != 0 and "network access is disabled" in proc.stderr
+    assert "create_connection" in attempts.read_text()
 
 
 @pytest.mark.slow
