@@ -78,8 +78,9 @@ def build_cli() -> click.Group:
     """Build the app: core commands, then every plugin's ``register_commands``."""
     from .commands.analysis import weak_classes_command
     from .commands.combine import combine_command, graphs_command
+    from .commands.export import export_command
+    from .commands.imports import import_command
     from .commands.info import plugins_command
-    from .commands.io import export_command, import_command
     from .commands.produce import produce_command
     from .commands.store import ls_command, store_group, validate_command
     from .plugins import get_host
