@@ -132,6 +132,7 @@ def keyword_is_true(call: ast.Call, name: str) -> bool:
 # Unpickling that never sees a file: (path, function) -> what is unpickled.
 TRUSTED_UNPICKLING = {
     ("parallel.py", "_write_range"): "the parent process's fitted combiner, sent to its workers",
+    ("shards.py", "_portable"): "a round trip of this process's own exception, made just before",
 }
 
 

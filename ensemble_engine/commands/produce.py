@@ -4,20 +4,33 @@ Only the options a user actually gives reach the producer (``ProduceRequest.over
 other value comes from the recipe and its defaults profile, so a recipe file is never silently
 overridden by a command-line default. The run folder, prediction name, subset and ``--force``
 are request fields of their own: they say where results go, not how to train.
+
+Several processes: ``torchrun --nproc_per_node N -m ensemble_engine produce ...`` runs N copies
+of the command, and each producer takes its share (for ``timm``: ``ee_timm.distributed``).
+``ee produce --nproc N`` is the one-machine shortcut: it re-runs the same command under
+torchrun (``torch.distributed.run --standalone``) and exits with torchrun's exit code.
 """
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
+import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
 from click.core import ParameterSource
 
-from ..errors import DataError, RecipeError
+from ..errors import DataError, RecipeError, StoreError
 from ..plugins import get_host
 from ..producer import ProduceRequest
+
+if TYPE_CHECKING:
+    from ..store import PredictionStore
 
 DEFAULT_PRODUCER = "timm"
 RECIPE_SUFFIXES = (".yaml", ".yml")
@@ -32,6 +45,11 @@ _OVERRIDE_OPTIONS = (
     "set_pairs", "subset_per_class", "other_per_class",
 )  # fmt: skip
 _SUBSET_OPTIONS = ("subset_per_class", "other_per_class")
+# Options of the launching process that its torchrun copies must not see again.
+_LAUNCH_OPTIONS = ("nproc", "dist_backend")
+BACKEND_ENV = "EE_DIST_BACKEND"  # read by producers under torchrun
+STOP_WAIT_S = 30  # for torchrun to stop its processes after an interrupt
+OPEN_TRIES = 20  # under torchrun: every rank opens (perhaps creates) the store at once
 
 
 def _split_pairs(values: tuple[str, ...], option: str, parse_value: bool) -> dict[str, Any]:
@@ -115,6 +133,77 @@ def producer_for(recipe: str) -> str:
     return DEFAULT_PRODUCER
 
 
+def under_torchrun() -> bool:
+    """Whether this process is one of torchrun's (it sets WORLD_SIZE, RANK, LOCAL_RANK)."""
+    return "WORLD_SIZE" in os.environ
+
+
+def torchrun_command(ctx: click.Context, nproc: int) -> list[str]:
+    """This command again under torchrun with ``nproc`` processes, the options given on the
+    command line as they were given (``--nproc`` and ``--dist-backend`` left out)."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={nproc}", "-m", "ensemble_engine",
+    ]  # fmt: skip
+    if ctx.find_root().params.get("debug"):
+        command.append("--debug")
+    command.append(ctx.info_name or "produce")
+    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    for param in ctx.command.params:
+        name = param.name or ""
+        if name not in _LAUNCH_OPTIONS and ctx.get_parameter_source(name) in given:
+            command += _as_arguments(param, ctx.params[name])
+    return command
+
+
+def _as_arguments(param: click.Parameter, value: Any) -> list[str]:
+    """The command-line words that give ``param`` the value ``value``."""
+    if isinstance(param, click.Argument):
+        return [str(value)]
+    assert isinstance(param, click.Option)
+    flag = next(o for o in param.opts if o.startswith("--"))
+    if param.is_flag:
+        if param.secondary_opts:  # --x/--no-x
+            return [flag if value else param.secondary_opts[0]]
+        return [flag] if value else []
+    if param.multiple:
+        return [word for item in value for word in (flag, str(item))]
+    return [flag, str(value)]
+
+
+def launch_torchrun(ctx: click.Context, nproc: int, backend: str | None) -> int:
+    """Run the command under torchrun; its exit code (torchrun stops every process on error)."""
+    command = torchrun_command(ctx, nproc)
+    env = dict(os.environ)
+    if backend:
+        env[BACKEND_ENV] = backend
+    click.echo(f"running {nproc} processes: {shlex.join(['python', *command[1:]])}", err=True)
+    torchrun = subprocess.Popen(command, env=env)
+    try:
+        return torchrun.wait()
+    except KeyboardInterrupt:
+        # torchrun stops its processes on SIGTERM; killed outright, it would leave them running
+        torchrun.terminate()
+        try:
+            torchrun.wait(timeout=STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            torchrun.kill()
+        raise
+
+
+def open_shared_store(path: str) -> PredictionStore:
+    """``open_store(path, "a")``; under torchrun, retried while another rank is creating it
+    (its root metadata may be half written for a moment)."""
+    from ..store import open_store
+
+    for _ in range(OPEN_TRIES - 1 if under_torchrun() else 0):
+        try:
+            return open_store(path, mode="a")
+        except StoreError:
+            time.sleep(0.25)
+    return open_store(path, mode="a")
+
+
 @click.command("produce")
 @click.argument("recipe")
 @click.option(
@@ -139,7 +228,11 @@ def producer_for(recipe: str) -> str:
 @click.option("--force", is_flag=True, help="Replace existing predictions of the same names.")
 @click.option("--resume", is_flag=True, help="Continue the run from its last.pth.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Training epochs.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Images per batch.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    help="Images per batch (per process, with --nproc or torchrun).",
+)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate.")
 @click.option("--img-size", type=click.IntRange(min=8), help="Training image size (pixels).")
 @click.option("--mixup", type=click.FloatRange(min=0), help="Mixup alpha (0: off).")
@@ -183,10 +276,25 @@ def producer_for(recipe: str) -> str:
     metavar="KEY=VALUE",
     help="Any other recipe field, e.g. --set scale=0.35,1 --set warmup_epochs=0.",
 )
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    help="Train and predict with N processes on this machine (one per GPU, or N on the CPU): "
+    "re-runs this command under torchrun. Each process takes --batch-size images a step, so "
+    "the global batch is N × batch size, as in timm's train.py. Several machines: run torchrun "
+    "yourself (torchrun --nnodes ... -m ensemble_engine produce ...).",
+)
+@click.option(
+    "--dist-backend",
+    type=click.Choice(["nccl", "gloo"]),
+    help="torch.distributed backend with --nproc or under torchrun (default: nccl on CUDA, "
+    "gloo on CPU).",
+)
 @click.pass_context
 def produce_command(ctx: click.Context, recipe: str, data_dir: Path | None, store: str,
                     runs_dir: Path, run_id: str | None, name: str | None, force: bool,
-                    resume: bool, subset: Path | None, **options: Any) -> None:  # fmt: skip
+                    resume: bool, subset: Path | None, nproc: int | None,
+                    dist_backend: str | None, **options: Any) -> None:  # fmt: skip
     """Train RECIPE and write its predictions into the store.
 
     RECIPE is <backbone>-<loss> (resnet18-taylor, resnest101-ce: see `ee recipes`), a YAML
@@ -210,21 +318,29 @@ def produce_command(ctx: click.Context, recipe: str, data_dir: Path | None, stor
       ee produce runs/resnet18-ce-s0-1a2b3c4d/recipe.yaml --resume
       ee weak-classes ee.zarr resnet18-ce-s46 -o weak.txt
       ee produce resnet18-ce --subset weak.txt --subset-per-class 500
+      ee produce resnet18-ce --nproc 4           4 GPUs (or CPU processes), one machine
     """
     from rich.console import Console
-
-    from ..store import open_store
 
     overrides = explicit_overrides(ctx, options)
     if subset is None and any(k in overrides for k in _SUBSET_OPTIONS):
         raise click.UsageError("--subset-per-class and --other-per-class need --subset FILE")
+    if nproc is not None and under_torchrun():
+        raise click.UsageError("--nproc starts torchrun itself; leave it out under torchrun")
+    if dist_backend is not None and not (under_torchrun() or (nproc or 1) > 1):
+        raise click.UsageError("--dist-backend needs several processes: add --nproc N")
     host = get_host()
     producer_name = producer_for(recipe)
     producer = host.producers.get(producer_name).factory()
+    shared_store = open_shared_store(store)  # a bad store fails here, before any launch
+    if nproc is not None and nproc > 1:
+        ctx.exit(launch_torchrun(ctx, nproc, dist_backend))
+    if dist_backend is not None:
+        os.environ[BACKEND_ENV] = dist_backend  # this process is one of torchrun's
     request = ProduceRequest(
         recipe=recipe,
         data_dir=data_dir,
-        store=open_store(store, mode="a"),
+        store=shared_store,
         runs_dir=runs_dir,
         overrides=overrides,
         resume=resume,
@@ -235,6 +351,8 @@ def produce_command(ctx: click.Context, recipe: str, data_dir: Path | None, stor
         force=force,
     )
     ids = producer.produce(request)
+    if os.environ.get("RANK", "0") != "0":
+        return  # rank 0 reports for every rank
     if ids:
         click.echo(f"wrote {len(ids)} prediction(s) to {store}: {', '.join(ids)}")
     else:

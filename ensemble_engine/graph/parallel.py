@@ -28,7 +28,6 @@ needs the ``if __name__ == "__main__":`` guard: each worker imports the script's
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing
 import os
 import pickle
@@ -46,6 +45,7 @@ from ..combiner import Combiner
 from ..errors import GraphError, StoreError
 from ..metrics import MetricAccumulator
 from ..prediction_io import PredictionWriter
+from ..shards import MetricParts, add_metrics
 from ..store import PredictionStore, Split, open_store
 from . import runner
 from .planner import PlannedNode
@@ -197,31 +197,8 @@ def _record(
         )
     for b in blocks:
         for part in b.metrics:
-            _add(writer.metrics, part)
+            add_metrics(writer.metrics, part)
         writer._filled[b.start : b.stop] = True  # written by a worker through write_at
-
-
-def _add(total: MetricAccumulator, part: MetricAccumulator) -> None:
-    """Add one update's counts and sums. A part's ``nll`` is ``0.0 - s`` for its sum ``s``, and
-    ``x + (0.0 - s) == x - s`` exactly in floating point: added in the writer's order, the total
-    is bit for bit one writer's running ``nll -= s``."""
-    for f in dataclasses.fields(total):
-        if f.name != "kind":
-            setattr(total, f.name, getattr(total, f.name) + getattr(part, f.name))
-
-
-class MetricParts:
-    """Stands in for a worker writer's accumulator: each ``update`` (a writer may make several
-    per block) is kept as an accumulator of its own, for the parent to add up in order."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self.parts: list[MetricAccumulator] = []
-
-    def update(self, block: np.ndarray, labels: np.ndarray) -> None:
-        part = MetricAccumulator(self.kind)
-        part.update(block, labels)
-        self.parts.append(part)
 
 
 # --- in the worker processes --------------------------------------------------------------------

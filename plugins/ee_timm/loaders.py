@@ -7,6 +7,10 @@ from that seed around each image's transform (restoring them afterwards). An ima
 augmentation thus depends only on the sampler's generator: not on which worker process loads
 it, how many workers there are, or whether they persist between epochs. That generator's state
 is checkpointed, which is what lets a resumed run repeat an uninterrupted one.
+
+Under torchrun each rank loads its own share of every epoch (``ShardedSeededSampler``, torch's
+``DistributedSampler``); there a sample's seed comes from (recipe seed, epoch, sample), so its
+augmentation is the same whichever rank loads it and however many ranks there are.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 
 from ensemble_engine.data import Sample
 
@@ -65,6 +69,22 @@ class SeededSampler(Sampler):
         return self.n
 
 
+class ShardedSeededSampler(DistributedSampler):
+    """One rank's share of each epoch (torch's ``DistributedSampler``: shuffled by seed and
+    epoch, padded to equal shares), as ``(index, seed)`` pairs; call ``set_epoch`` each epoch.
+
+    The seeds are one per sample of the whole dataset, drawn by numpy's ``SeedSequence`` from
+    (seed, epoch): which rank loads a sample does not change its augmentation.
+    """
+
+    def __init__(self, n: int, rank: int, ranks: int, seed: int) -> None:
+        super().__init__(range(n), num_replicas=ranks, rank=rank, shuffle=True, seed=seed)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        seeds = np.random.SeedSequence([self.seed, self.epoch]).generate_state(len(self.dataset))
+        return iter([(i, int(seeds[i])) for i in super().__iter__()])
+
+
 class SampleDataset(Dataset):
     """``(transform(image), label)`` per sample; keys are indices or ``(index, seed)`` pairs."""
 
@@ -95,13 +115,18 @@ def train_loader(
     workers: int,
     generator: torch.Generator,
     pin_memory: bool = False,
+    shard: ShardedSeededSampler | None = None,
 ) -> DataLoader:
-    """Shuffled, seeded batches; the last partial batch is dropped (batch norm needs > 1)."""
+    """Shuffled, seeded batches; the last partial batch is dropped (batch norm needs > 1).
+
+    ``shard`` (under torchrun) replaces the sampler drawn from ``generator`` by a rank's share.
+    """
+    sampler = shard if shard is not None else SeededSampler(len(samples), generator)
     return DataLoader(
         SampleDataset(samples, transform),
         batch_size=batch_size,
-        sampler=SeededSampler(len(samples), generator),
-        drop_last=len(samples) > batch_size,
+        sampler=sampler,
+        drop_last=len(sampler) > batch_size,
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,

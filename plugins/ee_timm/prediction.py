@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
     from ensemble_engine.store import PredictionStore
 
+    from .distributed import TorchGroup
+
 BEST = "best.pth"
 TRAIN_SPLIT = "train"
 PLUGIN = "ee_timm"
@@ -217,11 +219,14 @@ def predict_run(
     replace: bool = False,
     keep_views: bool = False,
     console: Console | None = None,
+    group: TorchGroup | None = None,
 ) -> list[str]:
     """Predict ``splits`` of ``source`` at the recipe's test sizes × views; returns the ids.
 
     ``recipe`` defaults to the run's own; pass one to predict at other sizes, views, merge,
-    batch size or device (values that leave the weights alone).
+    batch size or device (values that leave the weights alone). Under torchrun every rank
+    calls this with its ``group``, predicts its share of the rows on its own device, and
+    gets the same ids back.
     """
     from ee_tta import predict_sizes
 
@@ -244,7 +249,7 @@ def predict_run(
         console=console,
         merge=recipe.merge,
         batch_size=recipe.batch_size,
-        device=resolve_device(recipe.device),
+        device=resolve_device(recipe.device) if group is None else group.device,
         crop_pct=recipe.crop_pct,
         interpolation=EVAL_INTERPOLATION,
         mean=MEAN,
@@ -255,4 +260,5 @@ def predict_run(
         replace=replace,
         keep_views=keep_views,
         classes=classes,
+        group=group,
     )

@@ -10,16 +10,19 @@ specialist (see ``specialist``).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from ensemble_engine.data import DatasetSource, Sample, open_dataset, register_splits
-from ensemble_engine.errors import DataError, RecipeError
+from ensemble_engine.errors import DataError, RecipeError, StoreError
 from ensemble_engine.producer import Producer, ProduceRequest
-from ensemble_engine.store import PredictionStore, check_name
+from ensemble_engine.shards import on_rank0
+from ensemble_engine.store import PredictionStore, check_name, open_store
 
+from .distributed import Launch, TorchGroup, backend_for, process_group, rank_device
 from .prediction import (
     base_name,
     check_names_free,
@@ -35,7 +38,7 @@ from .specialist import (
     specialist_classes,
     specialist_training_samples,
 )
-from .train import TrainResult, train
+from .train import TrainResult, resolve_device, train
 
 TRAIN_SPLIT = "train"
 VAL_SPLIT = "val"
@@ -97,37 +100,64 @@ def predictions_table(store: PredictionStore, ids: list[str]) -> Table:
 
 
 class TimmProducer(Producer):
-    """Trains a timm backbone with a registered loss and writes its predictions."""
+    """Trains a timm backbone with a registered loss and writes its predictions.
+
+    Under torchrun (see ``distributed``) every rank runs ``produce``: each checks the recipe
+    and the data before the ranks join, so a mistake stops them all at once; rank 0 alone
+    registers the splits, checks the names, writes the run folder and prints; all ranks train
+    and predict together.
+    """
 
     def produce(self, request: ProduceRequest) -> list[str]:
+        launch = Launch.from_env()
         console = request.console or Console(stderr=True)
+        if launch is not None and launch.rank > 0:
+            console = Console(stderr=True, quiet=True)
         recipe = request_recipe(request)
         console.print(f"[bold]{recipe.name}[/bold]: {PROFILE_NOTES[recipe.defaults]}")
         if request.overrides:
             given = ", ".join(f"{k}={v}" for k, v in sorted(request.overrides.items()))
             console.print(f"explicit options: {given}")
         source = open_dataset(request.data_dir)
-        register_splits(request.store, source)
         check_test_sizes(recipe)
+        train_samples, val_samples, classes = training_data(source, recipe)
+        device = rank_device(resolve_device(recipe.device), launch)
+        if launch is not None:
+            backend_for(device)  # a bad EE_DIST_BACKEND stops every rank before they join
+            check_shared_store(request.store)
+        run_id = check_name(request.run_id or recipe.run_id(), "run id")
+        with process_group(launch, device) as group:
+            on_rank0(group, lambda: self.prepare_store(request, recipe, source))
+            if group is not None:
+                run_id = group.broadcast(run_id)
+                # this rank's store object predates the splits rank 0 registered: reopen it
+                request = replace(request, store=open_store(request.store.path, mode="a"))
+            what = ""
+            if recipe.specialist:
+                what = f"specialist on {', '.join(recipe.subset)} + others, "
+            ranks = f"; {group.size} processes, {backend_for(device)}" if group else ""
+            console.print(
+                f"data: {source.root} ({what}{len(classes)} classes, {len(train_samples)} train, "
+                f"{len(val_samples)} val images{ranks})"
+            )
+            run_dir = Path(request.runs_dir) / run_id
+            try:
+                result = train(
+                    recipe, train_samples, val_samples, classes, run_dir,
+                    resume=request.resume, console=console, group=group,
+                )  # fmt: skip
+            except KeyboardInterrupt:
+                console.print(f"interrupted; add --resume to continue {run_dir} from its last "
+                              "epoch")  # fmt: skip
+                raise
+            return self.predict(request, recipe, result, source=source, group=group)
+
+    def prepare_store(self, request: ProduceRequest, recipe: Recipe, source: DatasetSource) -> None:
+        """Register the data's splits and refuse taken names (on rank 0 under torchrun)."""
+        register_splits(request.store, source)
         if not request.force:
             name = request.name or base_name(recipe)
             check_names_free(request.store, name, recipe.test_sizes, prediction_splits(source))
-        train_samples, val_samples, classes = training_data(source, recipe)
-        what = f"specialist on {', '.join(recipe.subset)} + others, " if recipe.specialist else ""
-        console.print(
-            f"data: {source.root} ({what}{len(classes)} classes, {len(train_samples)} train, "
-            f"{len(val_samples)} val images)"
-        )
-        run_dir = Path(request.runs_dir) / check_name(request.run_id or recipe.run_id(), "run id")
-        try:
-            result = train(
-                recipe, train_samples, val_samples, classes, run_dir,
-                resume=request.resume, console=console,
-            )  # fmt: skip
-        except KeyboardInterrupt:
-            console.print(f"interrupted; add --resume to continue {run_dir} from its last epoch")
-            raise
-        return self.predict(request, recipe, result, source=source)
 
     def predict(
         self,
@@ -136,18 +166,32 @@ class TimmProducer(Producer):
         result: TrainResult,
         *,
         source: DatasetSource | None = None,
+        group: TorchGroup | None = None,
     ) -> list[str]:
         """Store the trained run's predictions (best checkpoint, every split but train, each
-        test size × TTA views of ``recipe``); returns their ids."""
-        console = request.console or Console(stderr=True)
+        test size × TTA views of ``recipe``); returns their ids. Under torchrun every rank
+        calls this with its ``group``; rank 0 alone prints."""
+        shown = group is None or group.rank == 0
+        console = (request.console or Console(stderr=True)) if shown else None
         source = source or open_dataset(request.data_dir)
         splits = prediction_splits(source)
         if not splits:
-            console.print(f"{source.root} has no split besides train: nothing to predict")
+            if console is not None:
+                console.print(f"{source.root} has no split besides train: nothing to predict")
             return []
         ids = predict_run(
             load_run(result.best_path), source, request.store, recipe=recipe, splits=splits,
-            name=request.name, replace=request.force, console=console,
+            name=request.name, replace=request.force, console=console, group=group,
         )  # fmt: skip
-        console.print(predictions_table(request.store, ids))
+        if console is not None:
+            console.print(predictions_table(request.store, ids))
         return ids
+
+
+def check_shared_store(store: PredictionStore) -> None:
+    """Ranks are processes of their own: a store in one process's memory is not shared."""
+    if store.path.startswith("memory://"):
+        raise StoreError(
+            f"store {store.path} lives in one process's memory; under torchrun give a path or "
+            "URL that every rank reaches"
+        )

@@ -11,6 +11,11 @@ trains the same way. Everything lives in a run folder::
 The schedule is timm's cosine with linear warm-up, stepped once per epoch (as timm's train.py
 does by default). On CPU a run is exactly repeatable, whatever the number of data workers, and a
 run resumed from ``last.pth`` ends with the same weights as one that was never interrupted.
+
+Under torchrun (``group``) the model trains in DistributedDataParallel, each rank on its share
+of every epoch with a batch of ``batch_size`` (global batch: ranks × batch_size, timm's
+convention); validation is shared out and summed, and rank 0 alone writes the run folder
+(see ``distributed``).
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ from ensemble_engine.errors import RecipeError
 from ensemble_engine.losses import create_loss
 
 from . import checkpoint as ck
-from .loaders import eval_loader, train_loader
+from .distributed import TorchGroup, average_batch_norm, wrap_model
+from .loaders import ShardedSeededSampler, eval_loader, train_loader
 from .progress import TrainProgress, summary_table
 from .recipe import WEIGHT_NEUTRAL, Recipe
 from .transforms import batch_mixer, eval_transform, train_transform
@@ -118,14 +124,21 @@ def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer) -> Any:
 class _Session:
     """The live objects of one run: model, optimiser, schedule, scaler, EMA, loss, RNG."""
 
-    def __init__(self, recipe: Recipe, num_classes: int, device: torch.device) -> None:
-        self.recipe, self.device = recipe, device
+    def __init__(
+        self,
+        recipe: Recipe,
+        num_classes: int,
+        device: torch.device,
+        group: TorchGroup | None = None,
+    ) -> None:
+        self.recipe, self.device, self.group = recipe, device, group
         self.cuda = device.type == "cuda"
         self.channels_last = self.cuda and recipe.channels_last
         ck.seed_everything(recipe.seed)
         self.model = build_model(recipe, num_classes).to(device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.trained = wrap_model(self.model, group)  # what the training steps run
         self.optimizer = build_optimizer(recipe, self.model)
         self.scheduler = build_scheduler(recipe, self.optimizer)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda and recipe.amp)
@@ -167,8 +180,8 @@ class _Session:
         }  # fmt: skip
 
     def train_epoch(self, loader: Any, epoch: int, progress: TrainProgress) -> tuple[float, int]:
-        """One pass over ``loader``; returns (mean training loss, images seen)."""
-        self.model.train()
+        """One pass over ``loader``; returns (mean training loss, images seen), over all ranks."""
+        self.trained.train()
         lr = self.optimizer.param_groups[0]["lr"]
         t0, n_images, loss_sum = time.perf_counter(), 0, 0.0
         for step, (images, targets) in enumerate(loader):
@@ -179,7 +192,7 @@ class _Session:
             if self.mixer is not None:
                 images, targets = self.mixer(images, targets)
             with self.autocast():
-                loss = self.loss_fn(self.model(images), targets)
+                loss = self.loss_fn(self.trained(images), targets)
             value = loss.item()
             if not math.isfinite(value):
                 raise DivergedError(
@@ -195,7 +208,18 @@ class _Session:
             n_images += len(images)
             loss_sum += value * len(images)
             progress.batch(value, lr, n_images / (time.perf_counter() - t0))
+        if self.group is not None:
+            loss_sum, n = self.group.sum([loss_sum, n_images])
+            n_images = int(n)
         return loss_sum / max(n_images, 1), n_images
+
+    def validate(self, loader: Any) -> tuple[float, float, float]:
+        """``evaluate`` on ``loader`` (a rank's share of val under torchrun: summed over ranks)."""
+        if self.group is None:
+            return evaluate(self.evaluated, loader, self.device, self.autocast)
+        average_batch_norm([self.model, self.ema.module if self.ema else None], self.group)
+        sums = self.group.sum(evaluation_sums(self.evaluated, loader, self.device, self.autocast))
+        return percentages(*sums)
 
 
 def train(
@@ -208,17 +232,22 @@ def train(
     resume: bool = False,
     console: Console | None = None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    group: TorchGroup | None = None,
 ) -> TrainResult:
     """Train ``recipe`` on ``train_samples``, validate on ``val_samples``, write ``run_dir``.
 
     ``classes`` fixes the output size and the meaning of the labels. ``resume`` continues from
     ``run_dir/last.pth``; without it an existing checkpoint is an error rather than silently
     overwritten. ``on_epoch_end(row)`` sees each summary row after ``last.pth`` is saved.
+
+    Under torchrun every rank calls ``train`` alike with its ``group`` (whose device it trains
+    on); rank 0 alone writes ``run_dir``, and all ranks return once ``best.pth`` is written.
     """
     console = console or Console(stderr=True)
     run_dir, last = Path(run_dir), Path(run_dir) / "last.pth"
-    device = resolve_device(recipe.device)
-    run = _Session(recipe, len(classes), device)
+    writes = group is None or group.rank == 0
+    device = resolve_device(recipe.device) if group is None else group.device
+    run = _Session(recipe, len(classes), device, group)
     if last.exists():
         if not resume:
             raise RecipeError(
@@ -230,13 +259,18 @@ def train(
     else:
         if resume:
             console.print(f"no checkpoint in {run_dir} to resume; starting at epoch 1")
-        ck.write_recipe(run_dir / "recipe.yaml", recipe.to_dict())
+        if writes:
+            ck.write_recipe(run_dir / "recipe.yaml", recipe.to_dict())
+    shard, val_share = None, val_samples
+    if group is not None:
+        shard = ShardedSeededSampler(len(train_samples), group.rank, group.size, recipe.seed)
+        val_share = list(val_samples)[group.rank :: group.size]  # summed over ranks
     loader = train_loader(
         train_samples, train_transform(recipe), batch_size=recipe.batch_size,
-        workers=recipe.workers, generator=run.generator, pin_memory=run.cuda,
+        workers=recipe.workers, generator=run.generator, pin_memory=run.cuda, shard=shard,
     )  # fmt: skip
     val_loader = eval_loader(
-        val_samples, eval_transform(recipe.img_size, recipe.crop_pct),
+        val_share, eval_transform(recipe.img_size, recipe.crop_pct),
         batch_size=recipe.batch_size, workers=recipe.workers, pin_memory=run.cuda,
     )  # fmt: skip
     started, seen, train_time = time.perf_counter(), 0, 0.0
@@ -244,11 +278,13 @@ def train(
     with TrainProgress(console, recipe.epochs, len(loader), state["epoch"]) as progress:
         for epoch in range(state["epoch"], recipe.epochs):
             progress.start_epoch(epoch + 1)
+            if shard is not None:
+                shard.set_epoch(epoch)
             lr, t0 = run.optimizer.param_groups[0]["lr"], time.perf_counter()
             train_loss, n_images = run.train_epoch(loader, epoch, progress)
             epoch_time = time.perf_counter() - t0
             seen, train_time = seen + n_images, train_time + epoch_time
-            top1, top5, val_loss = evaluate(run.evaluated, val_loader, device, run.autocast)
+            top1, top5, val_loss = run.validate(val_loader)
             run.scheduler.step(epoch + 1)
             row = {
                 "epoch": epoch + 1, "train_loss": train_loss, "lr": lr, "val_top1": top1,
@@ -259,11 +295,14 @@ def train(
             if not val_samples or state["best_top1"] is None or top1 > state["best_top1"]:
                 state["best_top1"] = top1 if val_samples else None
                 state["best_epoch"] = epoch + 1
-                best = {"model": run.evaluated.state_dict(), "epoch": epoch + 1, "val_top1": top1,
-                        "classes": list(classes), "recipe": recipe.to_dict()}  # fmt: skip
-                ck.save_checkpoint(best, run_dir / "best.pth")
-            ck.save_checkpoint(run.checkpoint(classes), last)
-            ck.write_summary(run_dir / "summary.csv", state["history"])
+                if writes:
+                    best = {"model": run.evaluated.state_dict(), "epoch": epoch + 1,
+                            "val_top1": top1, "classes": list(classes),
+                            "recipe": recipe.to_dict()}  # fmt: skip
+                    ck.save_checkpoint(best, run_dir / "best.pth")
+            if writes:
+                ck.save_checkpoint(run.checkpoint(classes), last)
+                ck.write_summary(run_dir / "summary.csv", state["history"])
             progress.end_epoch(row)
             if on_epoch_end is not None:
                 on_epoch_end(row)
@@ -273,11 +312,12 @@ def train(
         device=str(device), elapsed_s=time.perf_counter() - started,
         img_s=seen / train_time if train_time else 0.0, history=state["history"],
     )  # fmt: skip
+    if group is not None:
+        group.barrier()  # best.pth is on disk before any rank goes on to read it
     console.print(summary_table(result))
     return result
 
 
-@torch.no_grad()
 def evaluate(
     model: nn.Module, loader: Any, device: torch.device, autocast: Callable = contextlib.nullcontext
 ) -> tuple[float, float, float]:
@@ -285,22 +325,34 @@ def evaluate(
 
     The loss is plain cross-entropy whatever the training loss, so runs compare on one scale.
     """
+    return percentages(*evaluation_sums(model, loader, device, autocast))
+
+
+@torch.no_grad()
+def evaluation_sums(
+    model: nn.Module, loader: Any, device: torch.device, autocast: Callable = contextlib.nullcontext
+) -> list[float]:
+    """[top-1 hits, top-5 hits, summed cross-entropy, images]: sums, which add over ranks."""
     model.eval()
-    correct1 = correct5 = 0
-    total_loss, n = 0.0, 0
+    sums = [0.0, 0.0, 0.0, 0.0]
     for images, targets in loader:
         images, targets = images.to(device), targets.to(device)
         with autocast():
             logits = model(images).float()
-        total_loss += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top == targets[:, None]
-        correct1 += hits[:, 0].sum().item()
-        correct5 += hits.any(dim=1).sum().item()
-        n += len(targets)
+        sums[0] += hits[:, 0].sum().item()
+        sums[1] += hits.any(dim=1).sum().item()
+        sums[2] += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+        sums[3] += len(targets)
+    return sums
+
+
+def percentages(top1: float, top5: float, loss: float, n: float) -> tuple[float, float, float]:
+    """Sums of ``evaluation_sums`` as (top-1 %, top-5 %, mean loss); NaNs for no images."""
     if n == 0:
         return math.nan, math.nan, math.nan
-    return 100.0 * correct1 / n, 100.0 * correct5 / n, total_loss / n
+    return 100.0 * top1 / n, 100.0 * top5 / n, loss / n
 
 
 def _check_same_recipe(recipe: Recipe, saved: dict[str, Any], run_dir: Path) -> None:

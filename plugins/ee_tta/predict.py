@@ -4,6 +4,9 @@ Each batch is transformed by every view, passed through the model, merged, and a
 store at once, so memory stays one batch whatever the split's size. On CUDA the model runs under
 autocast (float16) in channels-last layout; views always run in float32, outside autocast.
 
+Under torchrun every rank predicts its own whole chunks of each split's rows into the same
+prediction (``group``, see ``ensemble_engine.shards``).
+
 Names: ``predict_sizes`` writes ``<name>-s<size>/<split>``; with ``keep_views`` each view's own
 logits also go to ``<name>-s<size>.view-<label>/<split>`` (attr ``view`` names the view, so a
 selection can tell them from the merged prediction).
@@ -12,7 +15,9 @@ selection can tell them from the merged prediction).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,6 +26,8 @@ from torch.utils.data import DataLoader
 
 from ensemble_engine.data import DatasetSource, Sample
 from ensemble_engine.errors import AlignmentError, RecipeError
+from ensemble_engine.prediction_io import chunk_rows_for
+from ensemble_engine.shards import ChunkedRows, Group, shard_chunk_rows, write_sharded
 from ensemble_engine.store import check_name
 
 from .evaldata import SplitImages, check_test_size, eval_config
@@ -125,6 +132,7 @@ def predict_split(
     dtype: str = "float16",
     console: Console | None = None,
     progress: Progress | None = None,
+    group: Group | None = None,
 ) -> list[str]:
     """Predict one split at one test size with TTA, streaming into ``store``; returns the ids.
 
@@ -132,6 +140,11 @@ def predict_split(
     is the model's class space where it is not the store's (a class-subset model). The
     prediction's metadata is ``meta`` plus ``test_size``, ``tta`` (view labels), ``merge``,
     ``tta_seed``, ``batch_size``, ``crop_pct`` and ``interpolation``.
+
+    With a ``group`` of several processes (torchrun's ranks, each with its own device), every
+    rank calls this with the same arguments and predicts its own whole chunks of rows, chunks
+    of whole batches (``ensemble_engine.shards``); the views' random numbers are keyed by the
+    split's batch index, so the scores are those of a single process.
     """
     kind = merge_kind(merge)
     check_test_size(model, test_size)
@@ -142,7 +155,6 @@ def predict_split(
     _check_samples(store, split, samples)
     n_classes = len(classes) if classes is not None else len(store.classes)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cuda = dev.type == "cuda"
 
     facts = {
         **dict(meta or {}),
@@ -153,62 +165,113 @@ def predict_split(
         "crop_pct": cfg.crop_pct,
         "interpolation": cfg.interpolation,
     }
-    writers = _open_writers(
-        store,
-        name,
-        split,
-        kind,
-        merge,
-        facts,
-        list(built) if keep_views else [],
-        classes=classes,
-        dtype=dtype,
-        replace=replace,
-    )
+    kept = list(built) if keep_views else []
+    options: dict[str, Any] = {"classes": classes, "dtype": dtype, "replace": replace}
+    batches = _Batches(
+        model, samples, cfg.transform(test_size), built, name=name, split=split,
+        batch_size=batch_size, device=dev, workers=workers, seed=seed, n_classes=n_classes,
+    )  # fmt: skip
+    label = f"{name}/{split} s{test_size} [{' '.join(built)}]"
+    if group is not None and group.size > 1:
+        options["chunk_rows"] = shard_chunk_rows(
+            len(samples), chunk_rows_for(n_classes, np.dtype(dtype).itemsize), batch_size,
+            group.size,
+        )  # fmt: skip
 
-    model.eval().to(dev)
-    if cuda:
-        model.to(memory_format=torch.channels_last)
-    loader = DataLoader(
-        SplitImages(samples, cfg.transform(test_size)),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        pin_memory=cuda,
-    )
-    with contextlib.ExitStack() as stack, torch.inference_mode():
+        def fill(writers: Mapping[Any, Any], rows: range) -> None:
+            chunked = {key: ChunkedRows(w, w.chunk_rows) for key, w in writers.items()}
+            share = f"{label} rank {group.rank} of {group.size}"
+            batches.run(rows, console, progress, share, partial(_write, chunked, merge, kept, True))
+            for rows_out in chunked.values():
+                rows_out.flush()
+
+        opener = partial(_open_writers, store, name, split, kind, merge, facts, kept, **options)
+        return write_sharded(store, group, opener, fill)
+
+    writers = _open_writers(store, name, split, kind, merge, facts, kept, **options)
+    with contextlib.ExitStack() as stack:
         for writer in writers.values():
             stack.enter_context(writer)
-        bars = progress if progress is not None else stack.enter_context(progress_bar(console))
-        task = (
-            None
-            if bars is None
-            else bars.add_task(
-                f"{name}/{split} s{test_size} [{' '.join(built)}]", total=len(samples)
-            )
-        )
-        for batch_index, images in enumerate(loader):
-            images = images.to(dev, non_blocking=True)
-            outputs = forward_views(
-                model,
-                images,
-                built,
-                seed=seed,
-                keys=(split, batch_index),
-                amp=cuda,
-                channels_last=cuda,
-            )
-            if outputs.shape[-1] != n_classes:
-                raise RecipeError(
-                    f"the model outputs {outputs.shape[-1]} classes but {name}/{split} has "
-                    f"{n_classes}; pass the model's class list (classes=) or fix num_classes"
-                )
-            writers[None].write(_numpy(merge_views(outputs, merge)))
-            for index, label in enumerate(built if keep_views else ()):
-                writers[label].write(_numpy(outputs[index]))
-            if bars is not None:
-                bars.advance(task, len(images))
+        every = range(len(samples))
+        batches.run(every, console, progress, label, partial(_write, writers, merge, kept, False))
     return [writer.id for writer in writers.values()]
+
+
+@dataclass(frozen=True)
+class _Batches:
+    """The batches of a split's rows, each through the model under every view."""
+
+    model: torch.nn.Module
+    samples: Sequence[Sample]
+    transform: Any
+    views: Mapping[str, View]
+    name: str
+    split: str
+    batch_size: int
+    device: torch.device
+    workers: int
+    seed: int
+    n_classes: int
+
+    def run(
+        self,
+        rows: range,
+        console: Console | None,
+        progress: Progress | None,
+        label: str,
+        emit: Callable[[int, torch.Tensor], None],
+    ) -> None:
+        """``emit(first row, logits [V, B, K])`` for each batch of ``rows`` (which start on a
+        batch: batch ``i`` of the split holds rows ``i * batch_size`` on, whoever predicts it)."""
+        if rows.start % self.batch_size:
+            raise ValueError(f"rows {rows} do not start on a batch of {self.batch_size}")
+        cuda = self.device.type == "cuda"
+        self.model.eval().to(self.device)
+        if cuda:
+            self.model.to(memory_format=torch.channels_last)
+        loader = DataLoader(
+            SplitImages(self.samples[rows.start : rows.stop], self.transform),
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.workers,
+            pin_memory=cuda,
+        )
+        with contextlib.ExitStack() as stack, torch.inference_mode():
+            bars = progress if progress is not None else stack.enter_context(progress_bar(console))
+            task = None if bars is None else bars.add_task(label, total=len(rows))
+            first_batch = rows.start // self.batch_size  # batches counted from the split's start
+            for batch_index, images in enumerate(loader, start=first_batch):
+                images = images.to(self.device, non_blocking=True)
+                outputs = forward_views(
+                    self.model, images, self.views, seed=self.seed,
+                    keys=(self.split, batch_index), amp=cuda, channels_last=cuda,
+                )  # fmt: skip
+                if outputs.shape[-1] != self.n_classes:
+                    raise RecipeError(
+                        f"the model outputs {outputs.shape[-1]} classes but {self.name}/"
+                        f"{self.split} has {self.n_classes}; pass the model's class list "
+                        "(classes=) or fix num_classes"
+                    )
+                emit(batch_index * self.batch_size, outputs)
+                if bars is not None:
+                    bars.advance(task, len(images))
+
+
+def _write(
+    writers: Mapping[Any, Any],
+    merge: str,
+    kept: Sequence[str],
+    at: bool,
+    start: int,
+    outputs: torch.Tensor,
+) -> None:
+    """One batch's merged scores (key None) and kept views' own logits, appended or at ``start``."""
+    blocks = {None: merge_views(outputs, merge), **dict(zip(kept, outputs, strict=False))}
+    for key, block in blocks.items():
+        if at:
+            writers[key].write_at(start, _numpy(block))
+        else:
+            writers[key].write(_numpy(block))
 
 
 def _open_writers(
