@@ -3,7 +3,11 @@
 Checkpoints hold only tensors, state dicts and plain Python values, so they load with
 ``torch.load(weights_only=True)``, which executes no pickled code. Every file is written to a
 temporary name in the same folder and renamed into place: an interrupted write never leaves a
-half checkpoint behind, and ``last.pth`` is always a state the run can resume from.
+half checkpoint behind, and ``last.pth`` is always a state the run can resume from. A process
+killed mid-write (``kill -9``) leaves its temporary file, as large as the checkpoint; the next
+write into the folder removes the temporary files of writers that are gone. A temporary name
+carries its writer's pid and host (``.last.pth.tmp-<pid>@<host>``), so a folder on a shared
+file system never loses the file of a writer on another machine.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import csv
 import io
 import os
 import random
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +29,40 @@ CHECKPOINT_VERSION = 1
 SUMMARY_COLUMNS = (
     "epoch", "train_loss", "lr", "val_top1", "val_top5", "val_loss", "time_s", "img_s",
 )  # fmt: skip
+HOST = socket.gethostname()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files in ``folder`` left by writers that were killed; returns them.
+
+    Only this host's writers are judged (a pid means nothing on another machine), and a live
+    writer's file is left alone: it is about to be renamed.
+    """
+    removed = []
+    for tmp in folder.glob(".*.tmp-*"):
+        pid, _, host = tmp.name.rpartition(".tmp-")[2].partition("@")
+        if host != HOST or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        if not _pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def _write_atomic(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    remove_stale_temporaries(path.parent)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}@{HOST}")
     try:
         write(tmp)
         os.replace(tmp, path)

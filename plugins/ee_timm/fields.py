@@ -3,11 +3,13 @@
 One converter serves both sources: a YAML file already holds numbers and lists, the command
 line holds text (``0.35,1`` for a pair, ``none`` for an empty policy, ``true``/``off`` for a
 switch). A value that does not fit its field raises ``RecipeError`` naming the field, the form it
-takes and an example.
+takes and an example. Numbers must be finite: ``float("inf")`` and ``float("nan")`` read
+``inf``/``nan`` text happily, and an infinite rate or σ would only fail mid-training.
 """
 
 from __future__ import annotations
 
+import math
 import types
 from typing import Any, Union, get_args, get_origin
 
@@ -18,16 +20,24 @@ from ensemble_engine.errors import RecipeError
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 _NONE = {"none", "null", "~", ""}
+_PLURALS = {bool: "switches", int: "integers", float: "numbers", str: "texts"}
 
 
 def coerce(name: str, value: Any, hint: Any) -> Any:
     """``value`` converted to the type ``hint`` of recipe field ``name``; ``RecipeError`` if not."""
     try:
         return _convert(hint, value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, yaml.YAMLError):
+        example = f"--set {name}={_example(hint)}"
         raise RecipeError(
-            f"{name} takes {describe(hint)}, not {value!r}; e.g. --set {name}={_example(hint)}"
+            f"{name} takes {describe(hint)}, not {_shown(value)}; e.g. {example}"
         ) from None
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so that the error stays one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
 
 
 def _convert(hint: Any, value: Any) -> Any:
@@ -58,7 +68,9 @@ def _convert(hint: Any, value: Any) -> Any:
             value = float(value.strip())
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise TypeError("not a number")
-        return float(value)
+        if not math.isfinite(value := float(value)):
+            raise ValueError("not a finite number")
+        return value
     if hint is str:
         if not isinstance(value, str) or not value.strip():
             raise TypeError("not a text")
@@ -98,9 +110,10 @@ def describe(hint: Any) -> str:
         inner = [a for a in args if a is not type(None)]
         return f"{describe(inner[0])} or none"
     if origin is tuple:
+        many = _PLURALS.get(args[0], describe(args[0]))
         if len(args) == 2 and args[1] is Ellipsis:
-            return f"a comma-separated list of {describe(args[0])}s"
-        return f"{len(args)} comma-separated {describe(args[0])}s"
+            return f"a comma-separated list of {many}"
+        return f"{len(args)} comma-separated {many}"
     if hint is dict or origin is dict:
         return "a mapping such as {key: value}"
     names = {bool: "a switch (true/false)", int: "an integer", float: "a number", str: "a text"}

@@ -12,364 +12,51 @@ saw in training: ``identity,hflip`` where training flips images (the ImageNet pr
 ``identity`` alone on the digits, which train without flips (a mirrored 2 is no digit). A
 non-empty ``subset`` makes the run a specialist (see ``specialist``).
 
-Splitting the name: everything before the first ``-`` is the backbone, the rest the loss. timm
-architecture names never contain ``-`` (they use ``_`` and ``.``), nor do the seed aliases, while
-a plugin's loss name may.
+The recipe lives in two modules, imported from here by everyone else: ``recipe_spec`` (the
+fields, the profiles and the constraints between values) and ``recipe_resolve`` (names, files,
+profiles and overrides turned into a ``Recipe``).
 """
 
 from __future__ import annotations
 
-import difflib
-import hashlib
-import json
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
-from typing import Any, get_type_hints
+from .recipe_resolve import (
+    OVERRIDE_KEYS,
+    RECIPE_SUFFIXES,
+    apply_overrides,
+    check_buildable,
+    is_recipe_file,
+    load_recipe_file,
+    parse_recipe_name,
+    resolve_loss,
+    resolve_recipe,
+)
+from .recipe_spec import (
+    FIELD_NAMES,
+    HINTS,
+    INITS,
+    NAME_FIELDS,
+    NOISE_ON,
+    OTHER_PER_CLASS,
+    PRODUCER_NAME,
+    PROFILE_NOTES,
+    PROFILES,
+    REFERENCE_SIZE,
+    REFERENCE_TEST_SIZES,
+    SEED_LIMIT,
+    SUBSET_FIELDS,
+    SUBSET_PER_CLASS,
+    VFLIP_ON,
+    WEIGHT_NEUTRAL,
+    Recipe,
+    describe_fields,
+    recipe_problems,
+)
 
-import yaml
-
-from ensemble_engine.combiner import OTHER
-from ensemble_engine.errors import PluginError, RecipeError
-
-from .backbones import min_input_size, resolve_backbone
-from .fields import coerce, describe
-
-PRODUCER_NAME = "timm"
-RECIPE_SUFFIXES = (".yaml", ".yml")
-REFERENCE_SIZE = 224
-REFERENCE_TEST_SIZES = (224, 320, 380)  # the seed predicted at these sizes for 224-pixel training
-SUBSET_PER_CLASS = 500  # a specialist's training images per listed class (resampled)
-OTHER_PER_CLASS = 5  # a specialist's training images per other class, all labelled __other__
-VFLIP_ON = 0.5  # probability that --vflip switches on
-NOISE_ON = 1.0  # probability that --noise switches on: every image gets its own σ
-INITS = ("xavier", "default")
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """A resolved, validated training recipe. Defaults are the seed's ImageNet settings."""
-
-    backbone: str  # a timm architecture name
-    loss: str  # a registered loss name (aliases resolved)
-    loss_params: dict[str, Any] = field(default_factory=dict)
-    defaults: str = "imagenet"  # the defaults profile that filled the values no one gave
-    epochs: int = 100
-    batch_size: int = 64
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    warmup_epochs: int = 5
-    warmup_lr: float = 1e-5
-    min_lr: float = 0.0
-    img_size: int = 224
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    hflip: float = 0.5
-    vflip: float = 0.5
-    color_jitter: tuple[float, float, float, float] = (0.5, 0.5, 0.5, 0.1)
-    noise: float = NOISE_ON  # probability of additive Gaussian noise
-    noise_sigma: tuple[float, float] = (1.0, 20.0)  # σ range on the 0–255 scale
-    aa: str | None = "original"  # a timm augmentation policy string, or None
-    mixup: float = 0.0  # mixup alpha; 0 switches it off
-    cutmix: float = 0.0  # cutmix alpha; 0 switches it off
-    init: str = "xavier"
-    amp: bool = True  # mixed precision, used on CUDA only
-    channels_last: bool = True  # used on CUDA only
-    ema: bool = False
-    ema_decay: float = 0.9998
-    seed: int = 0
-    device: str = "auto"
-    workers: int = 4
-    test_sizes: tuple[int, ...] = REFERENCE_TEST_SIZES
-    tta: tuple[str, ...] = ("identity", "hflip")  # views that match the training flips
-    merge: str = "mean_logits"  # how the TTA views' outputs become one score row
-    crop_pct: float = 0.875
-    holdout: float = 0.0  # fraction of train held out for validation; 0 uses the val split
-    # A specialist (class-subset) run: these class ids plus one __other__ class; see ``specialist``.
-    subset: tuple[str, ...] = ()
-    subset_per_class: int = SUBSET_PER_CLASS
-    other_per_class: int = OTHER_PER_CLASS
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            object.__setattr__(self, f.name, coerce(f.name, getattr(self, f.name), HINTS[f.name]))
-        for ok, problem in _checks(self):
-            if not ok:
-                raise RecipeError(f"recipe {self.name}: {problem}")
-
-    @property
-    def name(self) -> str:
-        return f"{self.backbone}-{self.loss}"
-
-    @property
-    def specialist(self) -> bool:
-        """Whether this trains on a class subset plus ``__other__``."""
-        return bool(self.subset)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain YAML/JSON-able values (tuples as lists), with ``producer`` for re-running.
-
-        The subset fields appear only in a specialist's recipe, so every other recipe (its
-        file, its hash, its run id) reads as it did before specialists existed.
-        """
-        out = {"producer": PRODUCER_NAME}
-        for key, value in asdict(self).items():
-            if key in SUBSET_FIELDS and not self.subset:
-                continue
-            out[key] = list(value) if isinstance(value, tuple) else value
-        return out
-
-    def training_hash(self) -> str:
-        """A short hash of every value that changes the trained weights."""
-        values = {k: v for k, v in self.to_dict().items() if k not in WEIGHT_NEUTRAL}
-        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
-
-    def run_id(self) -> str:
-        prefix = "cov-" if self.subset else ""
-        return f"{prefix}{self.name}-s{self.seed}-{self.training_hash()}"
-
-    def replace(self, **changes: Any) -> Recipe:
-        return replace(self, **changes)
-
-
-HINTS: dict[str, Any] = get_type_hints(Recipe)
-FIELD_NAMES = tuple(f.name for f in fields(Recipe))
-# Values that leave the trained weights unchanged: not hashed, free to change on resume.
-# (``workers`` is one: every sample carries its own augmentation seed, see ``loaders``.)
-WEIGHT_NEUTRAL = frozenset({"device", "workers", "test_sizes", "tta", "merge"})
-SUBSET_FIELDS = ("subset", "subset_per_class", "other_per_class")
-
-PROFILES: dict[str, dict[str, Any]] = {
-    "imagenet": {},
-    # The embedded digits are 32-pixel grey images of 10 classes, 50 per class: short training,
-    # a gentler rate, no flips (a flipped 2 or 7 is no digit) and crops that keep most of it.
-    "digits": {
-        "epochs": 30,
-        "batch_size": 64,
-        "lr": 0.05,
-        "warmup_epochs": 3,
-        "img_size": 32,
-        "scale": (0.35, 1.0),
-        "hflip": 0.0,
-        "vflip": 0.0,
-        "noise": 0.0,
-        "aa": None,
-        "workers": 2,
-        "tta": ("identity",),  # no flips in training, so none at test time either
-    },
-}
-PROFILE_NOTES = {
-    "imagenet": "seed ImageNet defaults (224 px, lr 0.1, 5 warm-up epochs, 100 epochs)",
-    "digits": "defaults sized for the embedded digits (32 px, lr 0.05, 3 warm-up epochs, "
-    "30 epochs, batch 64, no flips/AutoAugment/noise)",
-}
-
-# Options of ``ee produce`` and the recipe field each sets; ``vflip``/``noise`` are switches.
-OVERRIDE_KEYS = (
-    "epochs", "batch_size", "lr", "img_size", "mixup", "cutmix", "aa", "vflip", "noise", "seed",
-    "device", "workers", "amp", "ema", "loss_params", "test_sizes", "tta", "init", "holdout", "set",
-    "subset", "subset_per_class", "other_per_class",
-)  # fmt: skip
-NAME_FIELDS = ("backbone", "loss")
-
-
-def _checks(r: Recipe) -> list[tuple[bool, str]]:
-    """(condition, what is wrong and how to fix it) for every constraint between values."""
-    low = min_input_size(r.backbone)
-    sizes = (r.img_size, *r.test_sizes)
-    return [
-        (r.defaults in PROFILES, f"defaults must be one of {', '.join(PROFILES)}"),
-        (r.epochs >= 1, "epochs must be >= 1"),
-        (r.batch_size >= 1, "batch_size must be >= 1"),
-        (r.lr > 0 and r.warmup_lr >= 0 and r.min_lr >= 0, "lr must be > 0, warmup_lr/min_lr >= 0"),
-        (r.min_lr <= r.lr, "min_lr must not exceed lr"),
-        (0 <= r.momentum < 1 and r.weight_decay >= 0, "momentum in [0, 1), weight_decay >= 0"),
-        (r.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
-        (all(s >= 8 for s in sizes), "img_size and test_sizes must be >= 8 pixels"),
-        (low is None or min(sizes) >= low, f"{r.backbone} needs images of >= {low} pixels"),
-        (0 < r.scale[0] <= r.scale[1] <= 1, "scale must be 0 < min <= max <= 1, e.g. 0.08,1"),
-        (0 < r.ratio[0] <= r.ratio[1], "ratio must be 0 < min <= max, e.g. 0.75,1.3333"),
-        (all(0 <= p <= 1 for p in (r.hflip, r.vflip, r.noise)), "hflip, vflip, noise: p in [0, 1]"),
-        (min(r.color_jitter) >= 0 and r.color_jitter[3] <= 0.5, "color_jitter >= 0, hue <= 0.5"),
-        (0 <= r.noise_sigma[0] <= r.noise_sigma[1], "noise_sigma must be 0 <= min <= max"),
-        (r.mixup >= 0 and r.cutmix >= 0, "mixup and cutmix alphas must be >= 0 (0 = off)"),
-        (
-            r.batch_size % 2 == 0 or not (r.mixup or r.cutmix),
-            "mixup/cutmix need an even batch_size",
-        ),
-        (r.init in INITS, f"init must be one of {', '.join(INITS)}"),
-        (0 < r.ema_decay < 1, "ema_decay must lie in (0, 1)"),
-        (r.seed >= 0 and r.workers >= 0, "seed and workers must be >= 0"),
-        (_valid_device(r.device), "device must be auto, cpu, cuda or cuda:N"),
-        (len(r.test_sizes) > 0 and len(r.tta) > 0, "test_sizes and tta need at least one value"),
-        (0 < r.crop_pct <= 1, "crop_pct must lie in (0, 1]"),
-        (0 <= r.holdout < 1, "holdout must lie in [0, 1), e.g. 0.1"),
-        (len(set(r.subset)) == len(r.subset), "subset lists a class twice; list each once"),
-        (OTHER not in r.subset, f"subset must not list {OTHER}: it is added by itself"),
-        (r.subset_per_class >= 1, "subset_per_class must be >= 1"),
-        (r.other_per_class >= 1, f"other_per_class must be >= 1 (the {OTHER} class needs images)"),
-        (
-            bool(r.subset)
-            or (r.subset_per_class, r.other_per_class) == (SUBSET_PER_CLASS, OTHER_PER_CLASS),
-            "subset_per_class and other_per_class need a subset (ee produce --subset FILE)",
-        ),
-    ]
-
-
-def _valid_device(device: str) -> bool:
-    head, _, index = device.partition(":")
-    return device in ("auto", "cpu", "cuda") or (head == "cuda" and index.isdigit())
-
-
-# --- names and files --------------------------------------------------------------------------
-
-
-def is_recipe_file(spec: str | Path) -> bool:
-    return str(spec).lower().endswith(RECIPE_SUFFIXES)
-
-
-def parse_recipe_name(spec: str) -> tuple[str, str]:
-    """``(backbone, loss)`` from ``<backbone>-<loss>``, split at the first ``-``."""
-    backbone, sep, loss = spec.partition("-")
-    if not sep or not backbone or not loss:
-        raise RecipeError(
-            f"recipe {spec!r} is not <backbone>-<loss> (e.g. resnet18-ce) nor a .yaml file; "
-            "see `ee recipes` for backbones and losses"
-        )
-    return backbone, loss
-
-
-def resolve_loss(name: str) -> str:
-    """The registered name of loss ``name`` (or alias); ``RecipeError`` with close matches."""
-    from ensemble_engine.plugins import get_host
-
-    losses = get_host().losses
-    try:
-        return losses.resolve(name)
-    except PluginError:
-        known = sorted({*(e.name for e in losses), *losses.aliases})
-        close = difflib.get_close_matches(name, known, n=3)
-        hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(known)}"
-        raise RecipeError(f"unknown loss {name!r}; {hint}") from None
-
-
-def load_recipe_file(path: str | Path) -> dict[str, Any]:
-    """The mapping in a YAML recipe file (``yaml.safe_load``; nothing in it is executed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe file {path} does not exist; check the path")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"recipe file {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise RecipeError(f"recipe file {path} must hold a mapping of recipe fields")
-    producer = data.pop("producer", PRODUCER_NAME)
-    if producer != PRODUCER_NAME:
-        raise RecipeError(f"recipe file {path} is for producer {producer!r}, not {PRODUCER_NAME!r}")
-    unknown = sorted(set(data) - set(FIELD_NAMES))
-    if unknown:
-        raise RecipeError(f"recipe file {path}: unknown field(s) {', '.join(unknown)}; "
-                          f"known: {', '.join(FIELD_NAMES)}")  # fmt: skip
-    missing = [k for k in NAME_FIELDS if k not in data]
-    if missing:
-        raise RecipeError(f"recipe file {path} needs {' and '.join(missing)}")
-    return data
-
-
-# --- resolution -------------------------------------------------------------------------------
-
-
-def resolve_recipe(
-    spec: str | Path, overrides: Mapping[str, Any] | None = None, *, defaults: str = "imagenet"
-) -> Recipe:
-    """The recipe for a name or YAML file, the ``defaults`` profile, then explicit overrides.
-
-    A file's own ``defaults:`` key wins over ``defaults``, ``--set defaults=…`` over both. A
-    default ``img_size`` below the backbone's smallest input is raised to it. ``test_sizes``,
-    unless given, keep the seed's ratios to the training size (224 → 224, 320, 380; 32 → 32,
-    46, 54).
-    """
-    if is_recipe_file(spec):
-        given = load_recipe_file(spec)
-    else:
-        given = dict(zip(NAME_FIELDS, parse_recipe_name(str(spec)), strict=True))
-    profile = given.pop("defaults", defaults)
-    profile = dict((overrides or {}).get("set") or {}).get("defaults", profile)
-    if profile not in PROFILES:
-        raise RecipeError(f"unknown defaults profile {profile!r}; use one of {', '.join(PROFILES)}")
-    values = {**PROFILES[profile], **given, "defaults": profile}
-    values = apply_overrides(values, overrides or {})
-    values["backbone"] = resolve_backbone(str(values["backbone"]))
-    values["loss"] = resolve_loss(str(values["loss"]))
-    low = min_input_size(values["backbone"])
-    if low and "img_size" not in given and "img_size" not in _explicit_fields(overrides or {}):
-        values["img_size"] = max(low, coerce("img_size", values.get("img_size", 0), int))
-    if "test_sizes" not in values:
-        img = coerce("img_size", values.get("img_size", Recipe.img_size), int)
-        values["test_sizes"] = [round(img * s / REFERENCE_SIZE) for s in REFERENCE_TEST_SIZES]
-    recipe = Recipe(**values)
-    check_buildable(recipe)
-    return recipe
-
-
-def apply_overrides(values: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """``values`` updated with the explicit ``ee produce`` options (``set`` pairs last)."""
-    out = dict(values)
-    for key in sorted(overrides, key=lambda k: k == "set"):
-        value = overrides[key]
-        if key not in OVERRIDE_KEYS:
-            raise RecipeError(f"unknown override {key!r}; known: {', '.join(OVERRIDE_KEYS)}")
-        if key in ("vflip", "noise"):
-            on = VFLIP_ON if key == "vflip" else NOISE_ON
-            out[key] = on if coerce(key, value, bool) else 0.0
-        elif key == "loss_params":
-            out[key] = {**coerce(key, out.get(key, {}), dict), **coerce(key, value, dict)}
-        elif key == "set":
-            for name, text in coerce("set", value, dict).items():
-                if name not in FIELD_NAMES or name in NAME_FIELDS:
-                    raise RecipeError(
-                        f"--set {name}=…: not a settable recipe field; name the backbone and loss "
-                        f"in RECIPE, and set one of {', '.join(FIELD_NAMES[2:])}"
-                    )
-                out[name] = coerce(name, text, HINTS[name])
-        else:
-            out[key] = coerce(key, value, HINTS[key])
-    return out
-
-
-def _explicit_fields(overrides: Mapping[str, Any]) -> set[str]:
-    return set(overrides) | set(overrides.get("set") or {})
-
-
-def check_buildable(recipe: Recipe) -> None:
-    """Build the loss and the augmentation policy once, so a bad value fails before training."""
-    from ensemble_engine.losses import create_loss
-
-    from .transforms import auto_augment
-
-    try:
-        create_loss(recipe.loss, **recipe.loss_params)
-    except (ValueError, TypeError) as exc:
-        raise RecipeError(
-            f"loss {recipe.loss} rejects loss_params {recipe.loss_params}: {exc}"
-        ) from None
-    try:
-        auto_augment(recipe.aa, recipe.img_size)
-    except (ValueError, KeyError, AssertionError) as exc:
-        raise RecipeError(
-            f"aa {recipe.aa!r} is not a timm augmentation policy ({exc}); use original, v0, "
-            "rand-m9-mstd0.5 or none"
-        ) from None
-    # The prediction half fails here too, rather than after a long training run.
-    from ee_tta import build_views, merge_kind
-
-    merge_kind(recipe.merge)
-    build_views(recipe.tta)
-
-
-def describe_fields() -> dict[str, str]:
-    """Field name → the accepted value form, for help texts and error messages."""
-    return {name: describe(HINTS[name]) for name in FIELD_NAMES}
+__all__ = [
+    "FIELD_NAMES", "HINTS", "INITS", "NAME_FIELDS", "NOISE_ON", "OTHER_PER_CLASS",
+    "OVERRIDE_KEYS", "PRODUCER_NAME", "PROFILES", "PROFILE_NOTES", "RECIPE_SUFFIXES",
+    "REFERENCE_SIZE", "REFERENCE_TEST_SIZES", "SEED_LIMIT", "SUBSET_FIELDS", "SUBSET_PER_CLASS",
+    "VFLIP_ON", "WEIGHT_NEUTRAL", "Recipe", "apply_overrides", "check_buildable",
+    "describe_fields", "is_recipe_file", "load_recipe_file", "parse_recipe_name",
+    "recipe_problems", "resolve_loss", "resolve_recipe",
+]  # fmt: skip

@@ -1,0 +1,216 @@
+"""What a recipe holds: the ``Recipe`` fields, the defaults profiles, and which values are valid.
+
+Every field is typed; ``fields.coerce`` turns YAML values and ``--set`` text into those types,
+then ``recipe_problems`` checks the constraints between values (ranges, orderings, pairs that
+need each other). A ``Recipe`` that exists is therefore valid: the training loop, the run id and
+the saved ``recipe.yaml`` never meet a value that would fail later, mid-run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, get_type_hints
+
+from ensemble_engine.combiner import OTHER
+from ensemble_engine.errors import RecipeError
+
+from .backbones import min_input_size
+from .fields import coerce, describe
+
+PRODUCER_NAME = "timm"
+REFERENCE_SIZE = 224
+REFERENCE_TEST_SIZES = (224, 320, 380)  # the seed predicted at these sizes for 224-pixel training
+SUBSET_PER_CLASS = 500  # a specialist's training images per listed class (resampled)
+OTHER_PER_CLASS = 5  # a specialist's training images per other class, all labelled __other__
+VFLIP_ON = 0.5  # probability that --vflip switches on
+NOISE_ON = 1.0  # probability that --noise switches on: every image gets its own σ
+INITS = ("xavier", "default")
+SEED_LIMIT = 2**32  # numpy's global generator, seeded with the recipe's seed, takes 32 bits
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A resolved, validated training recipe. Defaults are the seed's ImageNet settings."""
+
+    backbone: str  # a timm architecture name
+    loss: str  # a registered loss name (aliases resolved)
+    loss_params: dict[str, Any] = field(default_factory=dict)
+    defaults: str = "imagenet"  # the defaults profile that filled the values no one gave
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 5
+    warmup_lr: float = 1e-5
+    min_lr: float = 0.0
+    img_size: int = 224
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    vflip: float = 0.5
+    color_jitter: tuple[float, float, float, float] = (0.5, 0.5, 0.5, 0.1)
+    noise: float = NOISE_ON  # probability of additive Gaussian noise
+    noise_sigma: tuple[float, float] = (1.0, 20.0)  # σ range on the 0–255 scale
+    aa: str | None = "original"  # a timm augmentation policy string, or None
+    mixup: float = 0.0  # mixup alpha; 0 switches it off
+    cutmix: float = 0.0  # cutmix alpha; 0 switches it off
+    init: str = "xavier"
+    amp: bool = True  # mixed precision, used on CUDA only
+    channels_last: bool = True  # used on CUDA only
+    ema: bool = False
+    ema_decay: float = 0.9998
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 4
+    test_sizes: tuple[int, ...] = REFERENCE_TEST_SIZES
+    tta: tuple[str, ...] = ("identity", "hflip")  # views that match the training flips
+    merge: str = "mean_logits"  # how the TTA views' outputs become one score row
+    crop_pct: float = 0.875
+    holdout: float = 0.0  # fraction of train held out for validation; 0 uses the val split
+    # A specialist (class-subset) run: these class ids plus one __other__ class; see ``specialist``.
+    subset: tuple[str, ...] = ()
+    subset_per_class: int = SUBSET_PER_CLASS
+    other_per_class: int = OTHER_PER_CLASS
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            object.__setattr__(self, f.name, coerce(f.name, getattr(self, f.name), HINTS[f.name]))
+        for ok, problem in recipe_problems(self):
+            if not ok:
+                raise RecipeError(f"recipe {self.name}: {problem}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.backbone}-{self.loss}"
+
+    @property
+    def specialist(self) -> bool:
+        """Whether this trains on a class subset plus ``__other__``."""
+        return bool(self.subset)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML/JSON-able values (tuples as lists), with ``producer`` for re-running.
+
+        The subset fields appear only in a specialist's recipe, so every other recipe (its
+        file, its hash, its run id) reads as it did before specialists existed.
+        """
+        out = {"producer": PRODUCER_NAME}
+        for key, value in asdict(self).items():
+            if key in SUBSET_FIELDS and not self.subset:
+                continue
+            out[key] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def training_hash(self) -> str:
+        """A short hash of every value that changes the trained weights."""
+        values = {k: v for k, v in self.to_dict().items() if k not in WEIGHT_NEUTRAL}
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
+
+    def run_id(self) -> str:
+        prefix = "cov-" if self.subset else ""
+        return f"{prefix}{self.name}-s{self.seed}-{self.training_hash()}"
+
+    def replace(self, **changes: Any) -> Recipe:
+        return replace(self, **changes)
+
+
+HINTS: dict[str, Any] = get_type_hints(Recipe)
+FIELD_NAMES = tuple(f.name for f in fields(Recipe))
+NAME_FIELDS = ("backbone", "loss")
+# Values that leave the trained weights unchanged: not hashed, free to change on resume.
+# (``workers`` is one: every sample carries its own augmentation seed, see ``loaders``.)
+WEIGHT_NEUTRAL = frozenset({"device", "workers", "test_sizes", "tta", "merge"})
+SUBSET_FIELDS = ("subset", "subset_per_class", "other_per_class")
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "imagenet": {},
+    # The embedded digits are 32-pixel grey images of 10 classes, 50 per class: short training,
+    # a gentler rate, no flips (a flipped 2 or 7 is no digit) and crops that keep most of it.
+    "digits": {
+        "epochs": 30,
+        "batch_size": 64,
+        "lr": 0.05,
+        "warmup_epochs": 3,
+        "img_size": 32,
+        "scale": (0.35, 1.0),
+        "hflip": 0.0,
+        "vflip": 0.0,
+        "noise": 0.0,
+        "aa": None,
+        "workers": 2,
+        "tta": ("identity",),  # no flips in training, so none at test time either
+    },
+}
+PROFILE_NOTES = {
+    "imagenet": "seed ImageNet defaults (224 px, lr 0.1, 5 warm-up epochs, 100 epochs)",
+    "digits": "defaults sized for the embedded digits (32 px, lr 0.05, 3 warm-up epochs, "
+    "30 epochs, batch 64, no flips/AutoAugment/noise)",
+}
+
+
+def recipe_problems(r: Recipe) -> list[tuple[bool, str]]:
+    """(condition, what is wrong and how to fix it) for every constraint between values.
+
+    Types are already right (``coerce`` ran first) and every number is finite (``fields``
+    refuses NaN and infinities), so each condition reads as the range it states.
+    """
+    low = min_input_size(r.backbone)
+    sizes = (r.img_size, *r.test_sizes)
+    return [
+        (r.defaults in PROFILES, f"defaults must be one of {', '.join(PROFILES)}"),
+        (r.epochs >= 1, "epochs must be >= 1"),
+        (r.batch_size >= 1, "batch_size must be >= 1"),
+        (r.lr > 0 and r.warmup_lr >= 0 and r.min_lr >= 0, "lr must be > 0, warmup_lr/min_lr >= 0"),
+        (r.min_lr <= r.lr, "min_lr must not exceed lr"),
+        (0 <= r.momentum < 1 and r.weight_decay >= 0, "momentum in [0, 1), weight_decay >= 0"),
+        (r.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
+        (all(s >= 8 for s in sizes), "img_size and test_sizes must be >= 8 pixels"),
+        (low is None or min(sizes) >= low, f"{r.backbone} needs images of >= {low} pixels"),
+        (
+            len(set(r.test_sizes)) == len(r.test_sizes),
+            "test_sizes lists a size twice (each size is one prediction); list each once",
+        ),
+        (0 < r.scale[0] <= r.scale[1] <= 1, "scale must be 0 < min <= max <= 1, e.g. 0.08,1"),
+        (0 < r.ratio[0] <= r.ratio[1], "ratio must be 0 < min <= max, e.g. 0.75,1.3333"),
+        (all(0 <= p <= 1 for p in (r.hflip, r.vflip, r.noise)), "hflip, vflip, noise: p in [0, 1]"),
+        (min(r.color_jitter) >= 0 and r.color_jitter[3] <= 0.5, "color_jitter >= 0, hue <= 0.5"),
+        (0 <= r.noise_sigma[0] <= r.noise_sigma[1], "noise_sigma must be 0 <= min <= max"),
+        (r.mixup >= 0 and r.cutmix >= 0, "mixup and cutmix alphas must be >= 0 (0 = off)"),
+        (
+            r.batch_size % 2 == 0 or not (r.mixup or r.cutmix),
+            "mixup/cutmix need an even batch_size",
+        ),
+        (r.init in INITS, f"init must be one of {', '.join(INITS)}"),
+        (0 < r.ema_decay < 1, "ema_decay must lie in (0, 1)"),
+        (0 <= r.seed < SEED_LIMIT, f"seed must lie in 0..{SEED_LIMIT - 1} (numpy takes 32 bits)"),
+        (r.workers >= 0, "workers must be >= 0"),
+        (_valid_device(r.device), "device must be auto, cpu, cuda or cuda:N"),
+        (len(r.test_sizes) > 0 and len(r.tta) > 0, "test_sizes and tta need at least one value"),
+        (0 < r.crop_pct <= 1, "crop_pct must lie in (0, 1]"),
+        (0 <= r.holdout < 1, "holdout must lie in [0, 1), e.g. 0.1"),
+        (len(set(r.subset)) == len(r.subset), "subset lists a class twice; list each once"),
+        (OTHER not in r.subset, f"subset must not list {OTHER}: it is added by itself"),
+        (r.subset_per_class >= 1, "subset_per_class must be >= 1"),
+        (r.other_per_class >= 1, f"other_per_class must be >= 1 (the {OTHER} class needs images)"),
+        (
+            bool(r.subset)
+            or (r.subset_per_class, r.other_per_class) == (SUBSET_PER_CLASS, OTHER_PER_CLASS),
+            "subset_per_class and other_per_class need a subset (ee produce --subset FILE)",
+        ),
+    ]
+
+
+def _valid_device(device: str) -> bool:
+    head, _, index = device.partition(":")
+    return device in ("auto", "cpu", "cuda") or (
+        head == "cuda" and index.isascii() and index.isdigit()
+    )
+
+
+def describe_fields() -> dict[str, str]:
+    """Field name → the accepted value form, for help texts and error messages."""
+    return {name: describe(HINTS[name]) for name in FIELD_NAMES}
