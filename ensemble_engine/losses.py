@@ -18,9 +18,24 @@ def create_loss(name: str, **params: Any):
     try:
         return entry.factory(**params)
     except TypeError as exc:
+        takes = _parameters(entry.factory)
+        known = f"it takes {', '.join(takes)}" if takes else "it takes none"
         raise RecipeError(
-            f"loss {entry.name!r} does not accept parameters {sorted(params)}: {exc}"
+            f"loss {entry.name!r} does not accept parameters {sorted(params)} ({exc}); "
+            f"{known} (see `ee plugins`)"
         ) from None
+
+
+def _parameters(factory: Any) -> list[str]:
+    """The keyword parameters a loss factory (a class or a function) takes, for messages."""
+    import inspect
+
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in signature.parameters.values() if p.kind in kinds]
 
 
 def list_losses(pattern: str = "*") -> list[str]:

@@ -324,17 +324,8 @@ _YAML_FIRST = (
     "reports {what}; it should leave a file it cannot read to the producer"
 )
 KNOWN_GAPS: dict[str, str] = {
-    "file: unclosed bracket": _YAML_FIRST.format(what="the YAML error in several lines"),
-    "file: a tab before a key": _YAML_FIRST.format(what="the YAML error in several lines"),
-    "file: not UTF-8": _YAML_FIRST.format(what="nothing: UnicodeDecodeError escapes"),
-    "loss-param: unknown parameter": "ensemble_engine.losses.create_loss names no fix (the "
-    "parameters the loss takes) for one it does not take",
-    "loss-param: not YAML": "commands/produce.py's _scalar lets yaml.YAMLError escape",
     "data: files that are not images, new store": "commands/produce.py opens (creates) the "
     "store before the producer reads the data",
-    "name: climbing out": "TimmProducer.produce hands --name to the store unchecked; zarr's "
-    "ValueError escapes",
-    "resume: no run to resume": "train() starts a fresh run when --resume finds no run folder",
     "store: a bad recipe does not create the store": "commands/produce.py opens (creates) the "
     "store before the producer resolves the recipe",
 }

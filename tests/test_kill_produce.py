@@ -174,19 +174,11 @@ KILL_POINTS: dict[str, Callable[[Path], Callable[[], bool]]] = {
         lambda: partial(f / "ee.zarr", f"{NAME}/test")
     ),
 }
-RESUME_REFUSED = (
-    "with --resume, TimmProducer.prepare_store (and predict_run after training) still refuse "
-    "the names of the killed run's own complete predictions ('already in …; pass --force'); "
-    "predictions whose attrs name this run id should be replaceable on --resume"
-)
 
 
 def _params():
     for point in KILL_POINTS:
-        marks = [pytest.mark.slow]
-        if point == "predicting the second split, the first complete":
-            marks.append(pytest.mark.xfail(reason=RESUME_REFUSED, strict=True))
-        yield pytest.param(point, id=point, marks=marks)
+        yield pytest.param(point, id=point, marks=[pytest.mark.slow])
 
 
 @pytest.mark.parametrize("point", list(_params()))

@@ -69,7 +69,15 @@ def _scalar(text: str) -> Any:
             return kind(text)
         except ValueError:
             pass
-    return yaml.safe_load(text) if text.strip() else text
+    if not text.strip():
+        return text
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise click.BadParameter(
+            f"{text!r} is neither a number nor a YAML value (quote text, close brackets)",
+            param_hint="--loss-param",
+        ) from None
 
 
 def split_list(text: str, kind: type, option: str) -> list[Any]:
@@ -126,8 +134,8 @@ def producer_for(recipe: str) -> str:
             raise RecipeError(f"recipe file {path} does not exist; check the path")
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise RecipeError(f"recipe file {path} is not valid YAML: {exc}") from None
+        except (yaml.YAMLError, UnicodeDecodeError, OSError):
+            return DEFAULT_PRODUCER  # its recipe loader names the fault in one line
         if isinstance(data, dict):
             return str(data.get("producer", DEFAULT_PRODUCER))
     return DEFAULT_PRODUCER

@@ -128,11 +128,21 @@ def prediction_splits(source: DatasetSource, requested: Sequence[str] | None = N
 
 
 def check_names_free(
-    store: PredictionStore, name: str, sizes: Sequence[int], splits: Sequence[str]
+    store: PredictionStore,
+    name: str,
+    sizes: Sequence[int],
+    splits: Sequence[str],
+    *,
+    own_run: str | None = None,
 ) -> None:
-    """Refuse, before any work, predictions that exist already (unless replaced)."""
+    """Refuse, before any work, predictions that exist already (unless replaced); those that
+    run ``own_run`` wrote (its ``run`` attr) do not count: resuming it redoes them."""
     taken = [
-        f"{name}-s{s}/{sp}" for s in sizes for sp in splits if store.exists(f"{name}-s{s}", sp)
+        f"{name}-s{s}/{sp}"
+        for s in sizes
+        for sp in splits
+        if store.exists(f"{name}-s{s}", sp)
+        and (own_run is None or store.get(f"{name}-s{s}", sp).attrs.get("run") != own_run)
     ]
     if taken:
         more = f" and {len(taken) - 1} more" if len(taken) > 1 else ""

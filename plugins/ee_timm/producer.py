@@ -10,6 +10,7 @@ specialist (see ``specialist``).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from rich.table import Table
 
 from ensemble_engine.data import DatasetSource, Sample, open_dataset, register_splits
 from ensemble_engine.errors import DataError, RecipeError, StoreError
+from ensemble_engine.locks import StoreLock
 from ensemble_engine.producer import Producer, ProduceRequest
 from ensemble_engine.shards import on_rank0
 from ensemble_engine.store import PredictionStore, check_name, open_store
@@ -126,8 +128,24 @@ class TimmProducer(Producer):
             backend_for(device)  # a bad EE_DIST_BACKEND stops every rank before they join
             check_shared_store(request.store)
         run_id = check_name(request.run_id or recipe.run_id(), "run id")
-        with process_group(launch, device) as group:
-            on_rank0(group, lambda: self.prepare_store(request, recipe, source))
+        name = request.name or base_name(recipe)
+        for size in recipe.test_sizes:
+            check_name(f"{name}-s{size}", "prediction name")
+        run_dir = Path(request.runs_dir) / run_id
+        if request.resume and not run_dir.is_dir():
+            raise RecipeError(
+                f"no run to resume in {run_dir}; drop --resume to start it, or give the "
+                "--run-id of an earlier run"
+            )
+        run_lock = RunLock(run_dir)
+        with process_group(launch, device) as group, contextlib.ExitStack() as held:
+
+            def prepare() -> None:
+                self.prepare_store(request, recipe, source, run_id)
+                run_lock.acquire()
+                held.callback(run_lock.release)
+
+            on_rank0(group, prepare)
             if group is not None:
                 run_id = group.broadcast(run_id)
                 # this rank's store object predates the splits rank 0 registered: reopen it
@@ -152,12 +170,17 @@ class TimmProducer(Producer):
                 raise
             return self.predict(request, recipe, result, source=source, group=group)
 
-    def prepare_store(self, request: ProduceRequest, recipe: Recipe, source: DatasetSource) -> None:
-        """Register the data's splits and refuse taken names (on rank 0 under torchrun)."""
+    def prepare_store(
+        self, request: ProduceRequest, recipe: Recipe, source: DatasetSource, run_id: str
+    ) -> None:
+        """Register the data's splits and refuse taken names (on rank 0 under torchrun); on
+        ``--resume`` the run's own predictions (from before an interruption) are not taken."""
         register_splits(request.store, source)
         if not request.force:
             name = request.name or base_name(recipe)
-            check_names_free(request.store, name, recipe.test_sizes, prediction_splits(source))
+            own = run_id if request.resume else None
+            splits = prediction_splits(source)
+            check_names_free(request.store, name, recipe.test_sizes, splits, own_run=own)
 
     def predict(
         self,
@@ -179,13 +202,45 @@ class TimmProducer(Producer):
             if console is not None:
                 console.print(f"{source.root} has no split besides train: nothing to predict")
             return []
+        run = load_run(result.best_path)
+        replace = request.force
+        if request.resume and not replace:  # the interrupted run's own predictions are redone
+            name = request.name or base_name(recipe)
+            check_names_free(request.store, name, recipe.test_sizes, splits, own_run=run.run_id)
+            replace = True
         ids = predict_run(
-            load_run(result.best_path), source, request.store, recipe=recipe, splits=splits,
-            name=request.name, replace=request.force, console=console, group=group,
+            run, source, request.store, recipe=recipe, splits=splits,
+            name=request.name, replace=replace, console=console, group=group,
         )  # fmt: skip
         if console is not None:
             console.print(predictions_table(request.store, ids))
         return ids
+
+
+class RunLock:
+    """One process trains in a run folder at a time: a second is refused at once, naming the
+    holder. The lock file lives in the folder (``.run.locks/owner.lock``); a killed holder's
+    lock is broken by the next run, as the store's locks are (``ensemble_engine.locks``)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.lock = StoreLock(str(run_dir / "run"), "owner", timeout=0, on_wait=None)
+
+    def acquire(self) -> None:
+        try:
+            self.lock.acquire()
+        except StoreError:
+            holder = StoreLock._read_local(Path(self.lock.path)) or {}
+            raise StoreError(
+                f"run folder {self.run_dir} is in use by pid {holder.get('pid', '?')} on "
+                f"{holder.get('host', '?')} (lock {self.lock.path}); wait for that run to "
+                "finish, or give another --run-id"
+            ) from None
+
+    def release(self) -> None:
+        self.lock.release()
+        with contextlib.suppress(OSError):  # the run folder keeps only the run's own files
+            Path(self.lock.path).parent.rmdir()
 
 
 def check_shared_store(store: PredictionStore) -> None:
