@@ -159,6 +159,9 @@ class Combiner(ABC):
     params_schema: ClassVar[dict[str, Any]] = {"type": "object", "properties": {}}
     needs_fit: ClassVar[bool] = False
     output_kind: ClassVar[str] = "probs"
+    # True: ``apply`` receives scores as stored (``InputChunk.scores`` may be float16) instead
+    # of widened to float32; for combiners whose arithmetic widens exactly itself.
+    scores_as_stored: ClassVar[bool] = False
 
     def __init__(self, params: dict[str, Any] | None = None, classes: list[str] | None = None):
         self.params = self.validate_params(params or {})

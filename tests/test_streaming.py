@@ -52,8 +52,8 @@ def run_counting(tmp_path, st: PredictionStore, monkeypatch) -> tuple[int, int]:
     alive, peak = Counter(), [0]
     original = PredictionStore.iter_rows
 
-    def tracked(self, name, split, chunk_rows=None):
-        for rows, block in original(self, name, split, chunk_rows):
+    def tracked(self, name, split, chunk_rows=None, **options):
+        for rows, block in original(self, name, split, chunk_rows, **options):
             alive["now"] += 1
             peak[0] = max(peak[0], alive["now"])
             weakref.finalize(block, alive.subtract, ["now"])
