@@ -28,7 +28,8 @@ from ee_timm.distributed import BACKEND_ENV, Launch, backend_for, rank_device
 from ee_timm.loaders import ShardedSeededSampler
 from ee_tta import predict_split
 
-from ensemble_engine.commands.produce import produce_command, torchrun_command
+from ensemble_engine.commands.launch import torchrun_command
+from ensemble_engine.commands.produce import produce_command
 from ensemble_engine.errors import RecipeError, StoreError
 from ensemble_engine.shards import chunk_ranges, shard_chunk_rows
 from ensemble_engine.store import open_store
