@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 import yaml
@@ -30,9 +30,6 @@ from .launch import (
     open_shared_store,
     under_torchrun,
 )
-
-if TYPE_CHECKING:
-    pass
 
 DEFAULT_PRODUCER = "timm"
 RECIPE_SUFFIXES = (".yaml", ".yml")
