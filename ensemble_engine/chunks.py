@@ -1,0 +1,243 @@
+"""Row-chunked arrays moved chunk by chunk, straight between files and numpy buffers.
+
+Scores are plain zarr v3 arrays chunked by rows only, every class of a row in one chunk, with the
+``bytes`` codec alone (schemas/README.md, "Container"). In a local folder a chunk is therefore one
+file of raw little-endian rows, and ``RowChunks`` moves it with one system call into or out of a
+numpy buffer; zarr's general path copies each chunk two or three times and crosses its event loop
+per call (``tools/bench_store.py`` measures the difference). Any other store or layout (a URL, an
+array another tool compressed) goes through zarr unchanged.
+
+Large reads and writes are cut into parts at chunk boundaries and run at once on the calling
+thread and the I/O threads (``io_pool.in_parallel``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from zarr.storage import LocalStore
+
+from .float16 import PASS_ITEMS, widen_float16
+from .io_pool import in_parallel, io_threads
+
+if TYPE_CHECKING:
+    import zarr
+
+# Rows per chunk: about 2 MiB of scores, all classes of a row in one chunk, so a row-streaming
+# reader touches each chunk exactly once, and a graph streaming 66 inputs holds 66 chunks.
+TARGET_CHUNK_BYTES = 2 * 1024 * 1024
+_PLAIN_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}]
+
+
+def chunk_rows_for(n_classes: int, itemsize: int) -> int:
+    """Rows per chunk for rows of ``n_classes`` items of ``itemsize`` bytes (about 2 MiB)."""
+    rows = TARGET_CHUNK_BYTES // max(1, n_classes * itemsize)
+    return int(max(64, min(rows, 65536)))
+
+
+def _plain_local_folder(arr: zarr.Array) -> str | None:
+    """The array's folder if its chunks are files of raw little-endian rows, else None."""
+    store = arr.store_path.store
+    meta = arr.metadata.to_dict()
+    plain = (
+        isinstance(store, LocalStore)
+        and sys.byteorder == "little"
+        and meta.get("zarr_format") == 3
+        and [dict(c) for c in meta.get("codecs", ())] == _PLAIN_CODECS
+        and not meta.get("storage_transformers")
+        and (meta.get("chunk_grid") or {}).get("name") == "regular"
+        and tuple(arr.chunks[1:]) == tuple(arr.shape[1:])
+        and np.dtype(arr.dtype) in (np.float16, np.float32, np.int32)
+    )
+    return os.path.join(store.root, arr.store_path.path) if plain else None
+
+
+class RowChunks:
+    """One stored array [N, ...] chunked by rows only, read by rows and written by whole chunks.
+
+    Where ``_plain_local_folder`` allows, a chunk is read with ``readinto`` straight into the
+    caller's buffer (float16 widened on the way through a cache-sized scratch) and written with
+    one ``write``, edge chunks padded to full size as zarr v3 stores them; elsewhere zarr does it.
+    """
+
+    def __init__(self, arr: zarr.Array) -> None:
+        self.arr = arr
+        self.n, self.step = int(arr.shape[0]), int(arr.chunks[0])
+        self.dtype = np.dtype(arr.dtype)
+        self.row_shape = tuple(int(s) for s in arr.shape[1:])
+        self.row_bytes = self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
+        self.folder = _plain_local_folder(arr)
+
+    def _path(self, chunk: int) -> str:  # plain strings: pathlib's parsing costs per chunk
+        assert self.folder is not None
+        key = self.arr.metadata.encode_chunk_key((chunk,) + (0,) * len(self.row_shape))
+        return f"{self.folder}/{key}"
+
+    def read(self, start: int = 0, stop: int | None = None, dtype: Any = None) -> np.ndarray:
+        """Rows ``start:stop`` as a new array of ``dtype`` (default: the stored one).
+
+        A large range is read in parts at once, cut at chunk boundaries (``in_parallel``).
+        """
+        stop = self.n if stop is None else stop
+        out = np.empty((stop - start, *self.row_shape), dtype=dtype or self.dtype)
+        if self.folder is None:  # zarr reads the chunks concurrently itself
+            return self._read_into(start, stop, out)
+
+        def part(lo: int, hi: int) -> None:
+            self._read_into(lo, hi, out[lo - start : hi - start])
+
+        in_parallel(part, start, stop, align=self.step, nbytes=out.nbytes)
+        return out
+
+    def read_ahead(
+        self, step: int, dtype: Any = None
+    ) -> Iterator[tuple[slice, Future[np.ndarray]]]:
+        """Blocks of ``step`` rows, each read on an I/O thread while the one before is used.
+
+        Streaming consumers compute while the next block is read and widened, so on two cores
+        reading costs little more than the slower of the two; each reader holds one block ahead.
+        """
+        blocks = [slice(a, min(a + step, self.n)) for a in range(0, self.n, step)]
+        ahead: Future[np.ndarray] | None = None
+        for i, rows in enumerate(blocks):
+            current = ahead or io_threads().submit(self._read_block, rows, dtype)
+            ahead = None
+            if i + 1 < len(blocks):
+                ahead = io_threads().submit(self._read_block, blocks[i + 1], dtype)
+            yield rows, current
+
+    def _read_block(self, rows: slice, dtype: Any) -> np.ndarray:
+        out = np.empty((rows.stop - rows.start, *self.row_shape), dtype=dtype or self.dtype)
+        return self._read_into(rows.start, rows.stop, out)
+
+    def _read_into(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        if self.folder is None:
+            out[...] = self.arr[start:stop]
+            return out
+        rows_per_pass = max(1, PASS_ITEMS * 4 // max(1, self.row_bytes))
+        scratch = np.empty((0, *self.row_shape), self.dtype)
+        if out.dtype != self.dtype:
+            scratch = np.empty((min(rows_per_pass, len(out)), *self.row_shape), self.dtype)
+        for c in range(start // self.step, -(-stop // self.step)):
+            lo, hi = max(start, c * self.step), min(stop, (c + 1) * self.step)
+            if out.dtype == self.dtype:
+                self._read_file(c, lo, hi, out[lo - start : hi - start])
+                continue
+            for a in range(lo, hi, rows_per_pass):  # widen while the rows are in cache
+                b = min(hi, a + rows_per_pass)
+                self._read_file(c, a, b, scratch[: b - a])
+                _cast(scratch[: b - a], out[a - start : b - start])
+        return out
+
+    def _read_file(self, chunk: int, lo: int, hi: int, dst: np.ndarray) -> None:
+        path, view = self._path(chunk), memoryview(dst).cast("B")
+        try:
+            with open(path, "rb", buffering=0) as f:
+                size = os.fstat(f.fileno()).st_size
+                f.seek((lo - chunk * self.step) * self.row_bytes)
+                got = 0
+                while got < len(view) and (part := f.readinto(view[got:])):
+                    got += part
+        except FileNotFoundError:  # zarr leaves chunks holding only the fill value unwritten
+            dst[...] = self.arr.fill_value
+            return
+        if size != self.step * self.row_bytes or got != len(view):  # as zarr's bytes codec would
+            key = path[len(self.folder) + 1 :]  # type: ignore[arg-type]
+            raise ValueError(f"chunk {key} holds {size} bytes, not {self.step * self.row_bytes}")
+
+    def write_chunk(self, chunk: int, rows: np.ndarray) -> None:
+        """Write chunk ``chunk`` whole from ``rows``, all its rows (the last chunk has fewer)."""
+        start = chunk * self.step
+        if self.folder is None:
+            self.arr[start : start + len(rows)] = rows
+            return
+        path = self._path(chunk)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        data = np.ascontiguousarray(rows, dtype=self.dtype)
+        with open(path, "wb") as f:
+            f.write(memoryview(data).cast("B"))
+            pad = self.step - len(rows)
+            if pad:
+                f.write(np.full((pad, *self.row_shape), self.arr.fill_value, self.dtype).tobytes())
+
+    def write_chunks(self, first: int, rows: np.ndarray) -> None:
+        """Write chunks ``first``, ``first + 1``… whole from ``rows``, several at once.
+
+        ``rows`` holds ``step`` rows per chunk, fewer only for the array's last chunk.
+        """
+        if self.folder is None:  # one zarr call: zarr writes the chunks concurrently itself
+            start = first * self.step
+            self.arr[start : start + len(rows)] = rows
+            return
+
+        def part(a: int, b: int) -> None:
+            for c in range(a, b):
+                self.write_chunk(first + c, rows[c * self.step : (c + 1) * self.step])
+
+        in_parallel(part, 0, -(-len(rows) // self.step), nbytes=rows.nbytes)
+
+
+def _cast(src: np.ndarray, dst: np.ndarray) -> None:
+    if src.dtype == np.float16 and dst.dtype == np.float32:
+        widen_float16(src, dst)
+    else:
+        np.copyto(dst, src, casting="unsafe")
+
+
+class ChunkGatherer:
+    """Row blocks in, whole chunks out.
+
+    A producer writes batches of a few dozen rows: they are gathered into the chunk they fill, so
+    every chunk is written once instead of read and rewritten per batch. A block covering whole
+    chunks has them written at once (``RowChunks.write_chunks``). A block that neither covers
+    whole chunks nor touches the rows being gathered goes through zarr's read-modify-write
+    (``write_at`` in random order still works, only slower).
+    """
+
+    def __init__(self, chunks: RowChunks) -> None:
+        self.chunks = chunks
+        self.buf = np.empty((0, *chunks.row_shape), chunks.dtype)
+        self.at, self.fill = -1, 0  # the chunk being gathered; its rows 0:fill are in buf
+
+    def put(self, start: int, block: np.ndarray) -> None:
+        rc, pos, stop = self.chunks, start, start + len(block)
+        while pos < stop:
+            c = pos // rc.step
+            c0, c1 = c * rc.step, min((c + 1) * rc.step, rc.n)
+            hi = min(stop, c1)
+            if pos == c0 and hi == c1:  # whole chunks from here on: all of them at once
+                end = stop if stop == rc.n else c0 + (stop - c0) // rc.step * rc.step
+                if c <= self.at < -(-end // rc.step):
+                    self.at, self.fill = -1, 0  # every gathered row replaced
+                rc.write_chunks(c, block[pos - start : end - start])
+                pos = end
+                continue
+            piece = block[pos - start : hi - start]
+            if (self.at == c and pos - c0 <= self.fill) or (self.at != c and pos == c0):
+                if self.at != c:
+                    self.flush()
+                    self.at = c
+                    if not len(self.buf):
+                        self.buf = np.empty((rc.step, *rc.row_shape), rc.dtype)
+                self.buf[pos - c0 : hi - c0] = piece
+                self.fill = max(self.fill, hi - c0)
+                if self.fill == c1 - c0:
+                    rc.write_chunk(c, self.buf[: self.fill])
+                    self.at, self.fill = -1, 0
+            else:
+                if self.at == c:
+                    self.flush()
+                rc.arr[pos:hi] = piece
+            pos = hi
+
+    def flush(self) -> None:
+        """Write the rows gathered for an unfinished chunk (zarr merges them with the rest)."""
+        if self.at >= 0 and self.fill:
+            c0 = self.at * self.chunks.step
+            self.chunks.arr[c0 : c0 + self.fill] = self.buf[: self.fill]
+        self.at, self.fill = -1, 0

@@ -1,0 +1,137 @@
+"""What the prediction store holds, as values: names, split fingerprints, splits, predictions.
+
+Nothing here touches zarr; ``store.py`` and ``store_root.py`` read and write these records, and
+``validate.py`` checks a store against the same names and constants.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import StoreError
+
+FORMAT = "ee.predictions"
+VERSION = 1
+KINDS = ("logits", "probs", "labels")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=,-]{0,199}$")
+
+
+def valid_name(value: object) -> bool:
+    """Whether ``value`` may name a prediction or a split (see ``check_name``)."""
+    return isinstance(value, str) and bool(NAME_RE.match(value)) and ".." not in value
+
+
+def check_name(value: str, what: str) -> str:
+    """Prediction names and split names are single path segments: no '/', no '..', not empty."""
+    if not valid_name(value):
+        raise StoreError(
+            f"invalid {what} {value!r}: use letters, digits and . _ - + = , "
+            "(starting with a letter or digit, no '/' or '..')"
+        )
+    return value
+
+
+def split_fingerprint(sample_ids: Sequence[str]) -> str:
+    """sha256 of the ordered sample ids joined by newlines (first 16 hex digits)."""
+    h = hashlib.sha256("\n".join(sample_ids).encode("utf-8"))
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def parse_id(pred_id: str) -> tuple[str, str]:
+    """``name/split`` → (name, split)."""
+    parts = pred_id.split("/")
+    if len(parts) != 2:
+        raise StoreError(
+            f"invalid prediction id {pred_id!r}: the form is NAME/SPLIT, e.g. final/test"
+        )
+    return check_name(parts[0], "prediction name"), check_name(parts[1], "split name")
+
+
+@dataclass(frozen=True)
+class SplitHeader:
+    """A split without its sample ids: what a writer needs (size, labels, fingerprint).
+
+    Reading the ids of 50 000 samples costs as much as writing a [50 000, 1000] prediction's
+    bytes, and a writer only stamps the fingerprint; ``PredictionStore.split`` gives the ids.
+    """
+
+    name: str
+    labels: np.ndarray
+    fingerprint: str
+
+    @property
+    def n(self) -> int:
+        return len(self.labels)
+
+    @property
+    def labelled(self) -> bool:
+        return bool((self.labels >= 0).any())
+
+
+@dataclass(frozen=True)
+class Split:
+    name: str
+    sample_ids: np.ndarray
+    labels: np.ndarray
+    fingerprint: str
+
+    @property
+    def n(self) -> int:
+        return len(self.sample_ids)
+
+    @property
+    def labelled(self) -> bool:
+        return bool((self.labels >= 0).any())
+
+
+@dataclass(frozen=True)
+class Prediction:
+    name: str
+    split: str
+    kind: str
+    shape: tuple[int, ...]
+    attrs: dict[str, Any] = field(repr=False)
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}/{self.split}"
+
+    @property
+    def complete(self) -> bool:
+        return self.attrs.get("complete") is True
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        metrics = self.attrs.get("metrics")
+        return dict(metrics) if isinstance(metrics, dict) else {}  # shown only; validate flags it
+
+    def matches(self, where: dict[str, Any]) -> bool:
+        for key, want in where.items():
+            have = self.attrs.get(key)
+            if have != want and str(have) != str(want):
+                return False
+        return True
+
+
+def label_map(store_classes: Sequence[str], pred_classes: Sequence[str]) -> np.ndarray:
+    """Store class index → index in the prediction's class space (``__other__`` or -1 if absent).
+
+    One entry more than there are store classes, -1, so that unknown labels (-1) map to -1.
+    """
+    from .combiner import OTHER
+
+    pos = {c: i for i, c in enumerate(pred_classes)}
+    other = pos.get(OTHER, -1)
+    return np.array([pos.get(c, other) for c in store_classes] + [-1], dtype=np.int64)
+
+
+def short_list(items: Sequence[str], n: int = 5) -> str:
+    """The first ``n`` items and the count, for one-line error messages."""
+    items = list(items)
+    return "[" + ", ".join(items[:n]) + (", …" if len(items) > n else "") + f"] ({len(items)})"
