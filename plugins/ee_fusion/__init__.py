@@ -1,7 +1,8 @@
 """Built-in fusion combiners: voting, stacking, ensemble selection, coverage, calibration.
 
-Each combiner is a ``Combiner`` subclass wrapping pure numpy functions of its module, so the
-maths is testable on plain arrays; the engine streams row chunks through ``apply``.
+Each combiner is a ``Combiner`` subclass wrapping pure functions of its module (numpy; torch
+kernels for the weighted mean of probabilities, ``mean_probs``), so the maths is testable on
+plain arrays; the engine streams row chunks through ``apply``.
 """
 
 from __future__ import annotations

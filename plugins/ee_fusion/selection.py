@@ -18,7 +18,7 @@ from ensemble_engine.errors import GraphError
 
 from .cache import FLOAT32_CACHE_LIMIT, Cache, gather_by_input, subsample_rows
 from .common import check_classes, check_labels, role_inputs
-from .voting import weighted_mean
+from .mean_probs import weighted_mean_probs
 
 #: Probabilities are floored here before the log of the NLL.
 NLL_FLOOR = 1e-7
@@ -141,6 +141,7 @@ class Select(Combiner):
     }
     needs_fit = True
     output_kind = "probs"
+    scores_as_stored = True  # apply only feeds weighted_mean_probs, which reads float16 as it is
 
     def __init__(self, params: dict[str, Any] | None = None, classes: list[str] | None = None):
         super().__init__(params, classes)
@@ -171,5 +172,5 @@ class Select(Combiner):
         if missing:
             raise GraphError(f"select: inputs {missing} were not part of the fit; refit")
         chosen = [(c, fitted[c.id]) for c in chunks if fitted[c.id] > 0]
-        scores = weighted_mean((c.probs() for c, _ in chosen), [w for _, w in chosen])
+        scores = weighted_mean_probs([c for c, _ in chosen], [w for _, w in chosen])
         return Output("probs", scores=scores)

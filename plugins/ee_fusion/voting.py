@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ from .common import (
     role_inputs,
     top1_accuracy,
 )
+from .mean_probs import weighted_mean_probs
 
 #: Vote totals closer than this (relative to the total weight) count as a tie; weights are
 #: floats, so 0.1 + 0.2 must tie with 0.3.
@@ -29,19 +30,6 @@ def softmax_score_weights(scores: Sequence[float], temperature: float) -> np.nda
     x = np.asarray(scores, dtype=np.float64) / temperature
     x = np.exp(x - x.max())
     return x / x.sum()
-
-
-def weighted_mean(probs: Iterable[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-    """``Σ w_i p_i / Σ w_i`` over [n, K] arrays, accumulated one input at a time."""
-    total, out = float(np.sum(weights)), None
-    for p, w in zip(probs, weights, strict=True):
-        if w == 0:
-            continue
-        term = np.float32(w / total) * np.asarray(p, dtype=np.float32)
-        out = term if out is None else out + term
-    if out is None:
-        raise GraphError("every input has weight 0; give at least one input a positive weight")
-    return out
 
 
 def hard_vote(
@@ -97,6 +85,7 @@ class SoftVote(Combiner):
     }
     needs_fit = True
     output_kind = "probs"
+    scores_as_stored = True  # weighted_mean_probs reads float16 as it is (see graph.runner)
 
     def __init__(self, params: dict[str, Any] | None = None, classes: list[str] | None = None):
         super().__init__(params, classes)
@@ -134,7 +123,7 @@ class SoftVote(Combiner):
         chunks = role_inputs(inputs, "inputs", "soft_vote")
         check_classes(chunks, self.classes, "soft_vote")
         weights = self._weights(_ids(chunks))
-        return Output("probs", scores=weighted_mean((c.probs() for c in chunks), weights))
+        return Output("probs", scores=weighted_mean_probs(chunks, weights))
 
 
 class HardVote(Combiner):
@@ -160,7 +149,7 @@ class HardVote(Combiner):
         scored = [(c, w) for c, w in zip(chunks, weights, strict=True) if c.has_scores and w > 0]
         tie_scores = None
         if scored:
-            tie_scores = weighted_mean((c.probs() for c, _ in scored), [w for _, w in scored])
+            tie_scores = weighted_mean_probs([c for c, _ in scored], [w for _, w in scored])
         labels, votes = hard_vote(
             [c.labels() for c in chunks], weights, len(self.classes), tie_scores
         )
