@@ -93,6 +93,15 @@ def _open_existing(spath: str, mode: str) -> zarr.Group:
     return group
 
 
+def store_exists(path: str | Path) -> bool:
+    """Whether a prediction store is at ``path`` (a path or URL); a file there is an error."""
+    spath = store_location(path)
+    is_url = "://" in spath
+    if not is_url and Path(spath).exists() and not Path(spath).is_dir():
+        raise StoreError(f"{spath} is a file, not a prediction store; choose another path")
+    return _exists(spath, is_url)
+
+
 def _exists(spath: str, is_url: bool) -> bool:
     """Whether a zarr group is at ``spath``; a remote error is raised, never read as "absent"."""
     if not is_url:

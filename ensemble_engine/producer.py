@@ -8,6 +8,7 @@ A producer reads images through a dataset plugin and writes only through the sto
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,8 @@ class ProduceRequest:
     ``data_dir`` None means the embedded digits. ``subset`` lists class ids for a specialist run
     (class-subset training) or is None. ``run_id`` names the run folder under ``runs_dir`` and
     ``name`` the predictions (each producer picks its own when None); ``force`` lets the
-    producer replace predictions of the same names.
+    producer replace predictions of the same names. ``store`` is created on first use where it
+    did not exist (``StoreOnFirstUse``): check the recipe and the data before touching it.
     """
 
     recipe: str
@@ -40,6 +42,31 @@ class ProduceRequest:
     run_id: str | None = None
     name: str | None = None
     force: bool = False
+
+
+class StoreOnFirstUse:
+    """A store that does not exist yet, created when a producer first uses it.
+
+    ``ee produce`` hands this to the producer in ``ProduceRequest.store`` when STORE names no
+    store yet, so a command refused for a bad recipe or bad data leaves no new empty store
+    behind. ``path`` is known without creating anything; any other attribute opens (creates)
+    the store with ``opener`` and is looked up on it.
+    """
+
+    def __init__(self, path: str, opener: Callable[[str], PredictionStore]) -> None:
+        self.path = path
+        self._opener = opener
+        self._store: PredictionStore | None = None
+
+    def open(self) -> PredictionStore:
+        if self._store is None:
+            self._store = self._opener(self.path)
+        return self._store
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # not set yet (unpickling, copying): never open for these
+            raise AttributeError(name)
+        return getattr(self.open(), name)
 
 
 class Producer(ABC):

@@ -317,18 +317,9 @@ CASES = [
 ]
 # fmt: on
 
-# Cases whose fix belongs to code that is changing elsewhere right now; they must fail until
-# that code is fixed (strict), so the catalogue shows the gap instead of hiding it.
-_YAML_FIRST = (
-    "commands/produce.py's producer_for reads the recipe file before the producer does and "
-    "reports {what}; it should leave a file it cannot read to the producer"
-)
-KNOWN_GAPS: dict[str, str] = {
-    "data: files that are not images, new store": "commands/produce.py opens (creates) the "
-    "store before the producer reads the data",
-    "store: a bad recipe does not create the store": "commands/produce.py opens (creates) the "
-    "store before the producer resolves the recipe",
-}
+# Known gaps: case id -> what is missing. They must fail until fixed (strict xfail), so the
+# catalogue shows a gap instead of hiding it.
+KNOWN_GAPS: dict[str, str] = {}
 
 
 def snapshot(*roots: Path) -> dict[str, str]:

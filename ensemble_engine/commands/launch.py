@@ -19,6 +19,7 @@ import click
 from click.core import ParameterSource
 
 from ..errors import StoreError
+from ..producer import StoreOnFirstUse
 
 if TYPE_CHECKING:
     from ..store import PredictionStore
@@ -86,6 +87,17 @@ def launch_torchrun(ctx: click.Context, nproc: int, backend: str | None) -> int:
         except subprocess.TimeoutExpired:
             torchrun.kill()
         raise
+
+
+def open_store_for_producer(path: str) -> PredictionStore | StoreOnFirstUse:
+    """The store at ``path`` opened now (a damaged or newer store fails here, before any work
+    or launch), or, where none exists yet, one that is created when the producer first uses
+    it, so that a command refused for its recipe or data leaves nothing behind."""
+    from ..location import store_exists, store_location
+
+    if store_exists(path):
+        return open_shared_store(path)
+    return StoreOnFirstUse(store_location(path), open_shared_store)
 
 
 def open_shared_store(path: str) -> PredictionStore:

@@ -27,7 +27,7 @@ from ..producer import ProduceRequest
 from .launch import (
     BACKEND_ENV,
     launch_torchrun,
-    open_shared_store,
+    open_store_for_producer,
     under_torchrun,
 )
 
@@ -263,7 +263,7 @@ def produce_command(ctx: click.Context, recipe: str, data_dir: Path | None, stor
     host = get_host()
     producer_name = producer_for(recipe)
     producer = host.producers.get(producer_name).factory()
-    shared_store = open_shared_store(store)  # a bad store fails here, before any launch
+    shared_store = open_store_for_producer(store)  # a bad store fails here, before any launch
     if nproc is not None and nproc > 1:
         ctx.exit(launch_torchrun(ctx, nproc, dist_backend))
     if dist_backend is not None:
