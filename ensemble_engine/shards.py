@@ -31,6 +31,7 @@ import numpy as np
 
 from .metrics import MetricAccumulator
 from .prediction_io import PredictionWriter
+from .records import label_map
 
 if TYPE_CHECKING:
     from .store import PredictionStore
@@ -126,16 +127,6 @@ def add_metrics(total: MetricAccumulator, part: MetricAccumulator) -> None:
             setattr(total, f.name, getattr(total, f.name) + getattr(part, f.name))
 
 
-def label_map(store_classes: Sequence[str], pred_classes: Sequence[str]) -> np.ndarray:
-    """Store class index → index in the prediction's classes (``__other__``, else -1), as the
-    store's own writers map the split's labels for metrics."""
-    from .combiner import OTHER
-
-    pos = {c: i for i, c in enumerate(pred_classes)}
-    other = pos.get(OTHER, -1)
-    return np.array([pos.get(c, other) for c in store_classes] + [-1], dtype=np.int64)
-
-
 def attached_writer(store: PredictionStore, spec: WriterSpec) -> PredictionWriter:
     """A writer onto the prediction another process opened, for ``write_at`` only.
 
@@ -143,7 +134,7 @@ def attached_writer(store: PredictionStore, spec: WriterSpec) -> PredictionWrite
     ``complete: true``. Its metrics are ``MetricParts``, for the owner to add up.
     """
     writer = PredictionWriter(
-        store.group, spec.name, store.split(spec.split), kind=spec.kind,
+        store.group, spec.name, store.split_header(spec.split), kind=spec.kind,
         classes=list(spec.classes), store_classes=store.classes, meta={}, dtype=spec.dtype,
         chunk_rows=spec.chunk_rows, label_map=label_map(store.classes, spec.classes),
     )  # fmt: skip
