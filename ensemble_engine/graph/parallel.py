@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from ..chunks import RowChunks
 from ..combiner import Combiner
 from ..errors import GraphError, StoreError
 from ..metrics import MetricAccumulator
@@ -237,9 +238,14 @@ def _write_range(task: RangeTask) -> list[BlockResult]:
     store: PredictionStore = _worker["store"]
     combiner: Combiner = pickle.loads(task.combiner)
     writer = _attached_writer(store, task, _split(task.split))
+    as_stored = bool(getattr(combiner, "scores_as_stored", False))  # as the parent reads them
     readers = {
         role: [
-            RangeReader(runner.StoreInput(store, ref, task.split, task.metas[ref.name]), task.start)
+            RangeReader(
+                runner.StoreInput(store, ref, task.split, task.metas[ref.name]),
+                task.start,
+                as_stored,
+            )
             for ref in refs
         ]
         for role, refs in task.node.roles.items()
@@ -283,19 +289,22 @@ def _attached_writer(store: PredictionStore, task: RangeTask, split: Split) -> P
 class RangeReader(runner.RowReader):
     """A ``RowReader`` that starts at row ``start`` and never reads the chunks before it."""
 
-    def __init__(self, source: runner.StoreInput, start: int) -> None:
-        super().__init__(source)
-        self._chunks = _stored_blocks(source, start)
+    def __init__(self, source: runner.StoreInput, start: int, as_stored: bool = False) -> None:
+        super().__init__(source, as_stored)
+        self._chunks = _stored_blocks(source, start, as_stored)
         self._next = start
 
 
-def _stored_blocks(source: runner.StoreInput, start: int) -> Iterator[tuple[slice, np.ndarray]]:
+def _stored_blocks(
+    source: runner.StoreInput, start: int, as_stored: bool
+) -> Iterator[tuple[slice, np.ndarray]]:
     """The input's stored chunks from the one holding row ``start`` on (that one cut to begin
-    there), as ``PredictionStore.iter_rows`` gives them: scores as float32, labels as stored."""
+    there), as ``PredictionStore.iter_rows`` gives them: scores as float32 (as stored with
+    ``as_stored``), labels as stored."""
     group = source.store.group[f"predictions/{source.id}/{source.split}"]
-    arr = group["label"] if source.kind == "labels" else group["scores"]
-    step, n = arr.chunks[0], arr.shape[0]
+    chunks = RowChunks(group["label"] if source.kind == "labels" else group["scores"])
+    dtype = None if source.kind == "labels" or as_stored else np.float32
+    step, n = chunks.step, chunks.n
     for first in range(start - start % step, n, step):
         rows = slice(max(first, start), min(first + step, n))
-        block = np.asarray(arr[rows])
-        yield rows, block if source.kind == "labels" else block.astype(np.float32)
+        yield rows, chunks.read(rows.start, rows.stop, dtype=dtype)
