@@ -396,6 +396,103 @@ def test_diverging_loss_stops_before_writing(tiny_digits, tmp_path, monkeypatch)
     assert not (tmp_path / "run" / "last.pth").exists()
 
 
+def test_deferred_loss_reading_still_stops_before_writing(tiny_digits, tmp_path, monkeypatch):
+    # As on a GPU: the loss is read at the first step and then every 4 steps. It turns NaN at
+    # batch 2; the reading of steps 2-5 finds it and names batch 2, before any file is written.
+    import ee_timm.train as train_module
+
+    class NanFromSecondCall(torch.nn.Module):
+        calls = 0
+
+        def forward(self, logits, target):
+            NanFromSecondCall.calls += 1
+            loss = torch.nn.functional.cross_entropy(logits, target.argmax(-1))
+            return loss * float("nan") if NanFromSecondCall.calls >= 2 else loss
+
+    monkeypatch.setattr(train_module, "create_loss", lambda name, **params: NanFromSecondCall())
+    monkeypatch.setattr(train_module._Session, "read_every", 4)
+    recipe = digits(**FAST)  # 40 train images in batches of 8: 5 steps an epoch
+    train_s, val_s = training_samples(tiny_digits, recipe)
+    with pytest.raises(DivergedError, match="loss is nan at epoch 1, batch 2;"):
+        train(recipe, train_s, val_s, tiny_digits.classes, tmp_path / "run", console=QUIET)
+    assert NanFromSecondCall.calls == 5  # found at the reading after step 5, not before
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["recipe.yaml"]
+
+
+def test_loss_watch_reads_every_few_steps_and_sums_like_a_per_step_read():
+    from ee_timm.readings import LossWatch
+
+    watch = LossWatch(epoch=2, every=3)
+    steps = [(1.5, 8), (0.25, 8), (2.0, 4), (0.5, 8), (math.inf, 8)]
+    for value, n in steps[:4]:
+        watch.add(torch.tensor(value), n)
+    # read at step 1 (1.5) and after steps 2-4: 1.5*8 + 0.25*8 + 2*4 + 0.5*8 = 26 over 28 images
+    assert (watch.last, watch.loss_sum, watch.images) == (0.5, 26.0, 28)
+    watch.add(torch.tensor(steps[4][0]), steps[4][1])  # pending, not read yet
+    with pytest.raises(DivergedError, match="loss is inf at epoch 3, batch 5;"):
+        watch.total()
+
+
+def test_evaluation_sums_equal_reading_each_batch(tiny_digits):
+    from ee_timm.loaders import eval_loader
+    from ee_timm.readings import evaluation_sums
+
+    recipe = digits()
+    torch.manual_seed(0)
+    model = build_model(recipe, 10).eval()
+    loader = eval_loader(tiny_digits.samples("val"), eval_transform(32, recipe.crop_pct),
+                         batch_size=6, workers=0)  # fmt: skip
+    expected = [0.0, 0.0, 0.0, 0.0]  # each batch's numbers read one by one, added in Python
+    with torch.no_grad():
+        for images, targets in loader:
+            logits = model(images).float()
+            top5 = logits.topk(5, dim=1).indices
+            expected[0] += float((top5[:, 0] == targets).sum())
+            expected[1] += float((top5 == targets[:, None]).any(dim=1).sum())
+            ce = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+            expected[2] += ce.item()
+            expected[3] += len(targets)
+    assert evaluation_sums(model, loader, torch.device("cpu")) == expected  # bit for bit
+
+
+def test_checkpoint_saver_writes_snapshots_in_order_and_reports_failures(tmp_path):
+    import threading
+
+    from ee_timm.saver import CheckpointSaver, host_copy
+
+    weights = torch.zeros(3)
+    nested = host_copy({"w": [weights, (weights, 1)], "n": "x"})
+    assert nested["w"][0].data_ptr() != weights.data_ptr() and nested["n"] == "x"
+    assert isinstance(nested["w"][1], tuple) and torch.equal(nested["w"][1][0], weights)
+    written, release = [], threading.Event()
+
+    def slow_write(state, path):
+        release.wait(10)
+        written.append((state["w"].tolist(), path, threading.current_thread().name))
+
+    with CheckpointSaver() as saver:
+        saver.submit(slow_write, {"w": weights}, "a")
+        weights += 1  # training goes on changing the live tensor: the snapshot stays
+        assert written == []  # the training thread did not wait for the write
+        release.set()
+        saver.submit(slow_write, {"w": weights}, "b")
+    assert [w[:2] for w in written] == [([0.0, 0.0, 0.0], "a"), ([1.0, 1.0, 1.0], "b")]
+    assert all(w[2] != threading.current_thread().name for w in written)
+
+    def failing_write(path):
+        raise OSError(f"no space left for {path}")
+
+    with pytest.raises(OSError, match="no space left for last.pth"):
+        with CheckpointSaver() as saver:
+            saver.submit(failing_write, "last.pth")
+    with pytest.raises(OSError, match="no space left for best.pth"), CheckpointSaver() as saver:
+        saver.submit(failing_write, "best.pth")
+        saver.submit(failing_write, "last.pth")  # waits for the first, which failed
+    with pytest.raises(KeyError), CheckpointSaver() as saver:  # the training error is the one
+        saver.submit(failing_write, "last.pth")
+        raise KeyError("training failed")
+
+
 def test_producer_registers_splits_and_trains(tiny_digits, tmp_path):
     from ensemble_engine.plugins import get_host
     from ensemble_engine.store import open_store

@@ -7,9 +7,11 @@
 Both sides train the same timm model (built by the same factories, so from the same initial
 weights), with the same loss, optimiser, schedule, batches and data loaders (``ee_timm.loaders``
 over ``ee_timm.transforms``) on the digits at 32 px, and validate on the val split after every
-epoch. Only the loop differs: the engine adds its divergence check (one ``loss.item()`` per
-step), progress bars (drawn to an off-screen terminal, so they cost what they cost live),
-top-1/top-5/loss metrics, ``last.pth``/``best.pth`` checkpoints and ``summary.csv``. On CPU both
+epoch. Only the loop differs: the engine adds its divergence check (a read of the loss at
+every step on CPU, every 50 steps on CUDA), progress bars (drawn to an off-screen terminal, so
+they cost what they cost live), top-1/top-5/loss metrics, and ``last.pth``/``best.pth``
+checkpoints and ``summary.csv`` (written by a background thread; the run waits for the last
+epoch's before it ends, and so does the timing). On CPU both
 runs end with the same weights, which the script checks: the work is the same, the time apart
 is the engine's. Runs alternate (engine, plain, plain, engine, ...) and the best of N counts,
 so background load on the machine hits both sides alike; each is timed on the wall clock and in

@@ -21,7 +21,6 @@ convention); validation is shared out and summed, and rank 0 alone writes the ru
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,12 +43,12 @@ from . import checkpoint as ck
 from .distributed import TorchGroup, average_batch_norm, wrap_model
 from .loaders import ShardedSeededSampler, eval_loader, train_loader
 from .progress import TrainProgress, summary_table
+from .readings import READ_EVERY, DivergedError, LossWatch, evaluate, evaluation_sums, percentages
 from .recipe import WEIGHT_NEUTRAL, Recipe
+from .saver import CheckpointSaver
 from .transforms import batch_mixer, eval_transform, train_transform
 
-
-class DivergedError(RecipeError):
-    """The training loss became NaN or infinite."""
+__all__ = ["DivergedError", "TrainResult", "build_model", "evaluate", "resolve_device", "train"]
 
 
 @dataclass
@@ -124,6 +123,8 @@ def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer) -> Any:
 class _Session:
     """The live objects of one run: model, optimiser, schedule, scaler, EMA, loss, RNG."""
 
+    read_every = 1  # steps between readings of the loss: every step on the CPU, where it is free
+
     def __init__(
         self,
         recipe: Recipe,
@@ -134,6 +135,8 @@ class _Session:
         self.recipe, self.device, self.group = recipe, device, group
         self.cuda = device.type == "cuda"
         self.channels_last = self.cuda and recipe.channels_last
+        if self.cuda:
+            self.read_every = READ_EVERY
         ck.seed_everything(recipe.seed)
         self.model = build_model(recipe, num_classes).to(device)
         if self.channels_last:
@@ -180,10 +183,16 @@ class _Session:
         }  # fmt: skip
 
     def train_epoch(self, loader: Any, epoch: int, progress: TrainProgress) -> tuple[float, int]:
-        """One pass over ``loader``; returns (mean training loss, images seen), over all ranks."""
+        """One pass over ``loader``; returns (mean training loss, images seen), over all ranks.
+
+        On CUDA the loss is read (and checked for divergence) at the first step, every
+        ``read_every`` steps and at the end, not at every step: a per-step read would stall the
+        launch queue. The epoch's files are written only after that last reading.
+        """
         self.trained.train()
         lr = self.optimizer.param_groups[0]["lr"]
-        t0, n_images, loss_sum = time.perf_counter(), 0, 0.0
+        watch = LossWatch(epoch, every=self.read_every)
+        t0, n_images = time.perf_counter(), 0
         for step, (images, targets) in enumerate(loader):
             images = images.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
@@ -193,12 +202,7 @@ class _Session:
                 images, targets = self.mixer(images, targets)
             with self.autocast():
                 loss = self.loss_fn(self.trained(images), targets)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise DivergedError(
-                    f"training diverged: loss is {value} at epoch {epoch + 1}, batch {step + 1}; "
-                    "lower --lr, raise warmup_epochs (--set) or try --no-amp"
-                )
+            watch.add(loss, len(images))  # on the CPU: checked here, before the step
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -206,8 +210,8 @@ class _Session:
             if self.ema is not None:
                 self.ema.update(self.model, step=epoch * len(loader) + step + 1)
             n_images += len(images)
-            loss_sum += value * len(images)
-            progress.batch(value, lr, n_images / (time.perf_counter() - t0))
+            progress.batch(watch.last, lr, n_images / (time.perf_counter() - t0))
+        loss_sum, n_images = watch.total()  # every step's loss read and checked
         if self.group is not None:
             loss_sum, n = self.group.sum([loss_sum, n_images])
             n_images = int(n)
@@ -239,6 +243,8 @@ def train(
     ``classes`` fixes the output size and the meaning of the labels. ``resume`` continues from
     ``run_dir/last.pth``; without it an existing checkpoint is an error rather than silently
     overwritten. ``on_epoch_end(row)`` sees each summary row after ``last.pth`` is saved.
+    The epoch's files are written in the background while the next epoch trains (``saver``);
+    ``train`` returns, or raises, only once they are on disk.
 
     Under torchrun every rank calls ``train`` alike with its ``group`` (whose device it trains
     on); rank 0 alone writes ``run_dir``, and all ranks return once ``best.pth`` is written.
@@ -275,7 +281,8 @@ def train(
     )  # fmt: skip
     started, seen, train_time = time.perf_counter(), 0, 0.0
     state = run.state
-    with TrainProgress(console, recipe.epochs, len(loader), state["epoch"]) as progress:
+    progress = TrainProgress(console, recipe.epochs, len(loader), state["epoch"])
+    with CheckpointSaver() as saver, progress:
         for epoch in range(state["epoch"], recipe.epochs):
             progress.start_epoch(epoch + 1)
             if shard is not None:
@@ -292,19 +299,18 @@ def train(
                 "img_s": n_images / max(epoch_time, 1e-9),
             }  # fmt: skip
             state["epoch"], state["history"] = epoch + 1, [*state["history"], row]
+            best = None
             if not val_samples or state["best_top1"] is None or top1 > state["best_top1"]:
                 state["best_top1"] = top1 if val_samples else None
                 state["best_epoch"] = epoch + 1
-                if writes:
-                    best = {"model": run.evaluated.state_dict(), "epoch": epoch + 1,
-                            "val_top1": top1, "classes": list(classes),
-                            "recipe": recipe.to_dict()}  # fmt: skip
-                    ck.save_checkpoint(best, run_dir / "best.pth")
+                best = {"model": run.evaluated.state_dict(), "epoch": epoch + 1,
+                        "val_top1": top1, "classes": list(classes),
+                        "recipe": recipe.to_dict()}  # fmt: skip
             if writes:
-                ck.save_checkpoint(run.checkpoint(classes), last)
-                ck.write_summary(run_dir / "summary.csv", state["history"])
+                saver.submit(_write_epoch, run_dir, best, run.checkpoint(classes))
             progress.end_epoch(row)
             if on_epoch_end is not None:
+                saver.wait()  # the callback may read the epoch's files
                 on_epoch_end(row)
     result = TrainResult(
         run_dir=run_dir, recipe_name=recipe.name, epochs=recipe.epochs,
@@ -318,41 +324,13 @@ def train(
     return result
 
 
-def evaluate(
-    model: nn.Module, loader: Any, device: torch.device, autocast: Callable = contextlib.nullcontext
-) -> tuple[float, float, float]:
-    """(top-1 %, top-5 %, mean cross-entropy) on ``loader``; NaNs when it is empty.
-
-    The loss is plain cross-entropy whatever the training loss, so runs compare on one scale.
-    """
-    return percentages(*evaluation_sums(model, loader, device, autocast))
-
-
-@torch.no_grad()
-def evaluation_sums(
-    model: nn.Module, loader: Any, device: torch.device, autocast: Callable = contextlib.nullcontext
-) -> list[float]:
-    """[top-1 hits, top-5 hits, summed cross-entropy, images]: sums, which add over ranks."""
-    model.eval()
-    sums = [0.0, 0.0, 0.0, 0.0]
-    for images, targets in loader:
-        images, targets = images.to(device), targets.to(device)
-        with autocast():
-            logits = model(images).float()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hits = top == targets[:, None]
-        sums[0] += hits[:, 0].sum().item()
-        sums[1] += hits.any(dim=1).sum().item()
-        sums[2] += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
-        sums[3] += len(targets)
-    return sums
-
-
-def percentages(top1: float, top5: float, loss: float, n: float) -> tuple[float, float, float]:
-    """Sums of ``evaluation_sums`` as (top-1 %, top-5 %, mean loss); NaNs for no images."""
-    if n == 0:
-        return math.nan, math.nan, math.nan
-    return 100.0 * top1 / n, 100.0 * top5 / n, loss / n
+def _write_epoch(run_dir: Path, best: dict[str, Any] | None, last: dict[str, Any]) -> None:
+    """An epoch's files, in this order: ``best.pth`` (when it improved), ``last.pth``, then
+    ``summary.csv`` (rewritten whole from ``last``'s history, so it always matches it)."""
+    if best is not None:
+        ck.save_checkpoint(best, run_dir / "best.pth")
+    ck.save_checkpoint(last, run_dir / "last.pth")
+    ck.write_summary(run_dir / "summary.csv", last["history"])
 
 
 def _check_same_recipe(recipe: Recipe, saved: dict[str, Any], run_dir: Path) -> None:
