@@ -21,11 +21,13 @@ from ee_tta import (
     predict_split,
     view_generator,
 )
+from ee_tta.evaldata import SplitImages, batch_parts, eval_config, size_batches
 from ee_tta.views import ColorJitter, GaussNoise, Rotate, from_pixels, to_pixels
 from rich.console import Console
+from torch.utils.data import DataLoader
 from torchvision import transforms
 
-from ensemble_engine.errors import AlignmentError, PluginError, RecipeError
+from ensemble_engine.errors import AlignmentError, PluginError, RecipeError, StoreError
 from ensemble_engine.plugins import get_host
 from ensemble_engine.prediction_io import PredictionWriter
 from ensemble_engine.store import open_store
@@ -334,3 +336,87 @@ def test_a_model_with_another_class_count_is_refused_and_nothing_is_kept(digits,
             classes=["0", "1"],
         )
     assert not store.exists("sub", "val", include_incomplete=True)
+
+
+# --- one read of a split for every test size --------------------------------------------------
+
+
+def test_batch_parts_cut_each_batch_without_crossing_it():
+    # 10 rows in batches of 4 (0-3, 4-7, 8-9), each cut in up to 3 near-equal runs
+    assert batch_parts(10, 4, 3) == [[0], [1], [2, 3], [4], [5], [6, 7], [8], [9]]
+    assert batch_parts(5, 8, 1) == [[0, 1, 2, 3, 4]]
+    assert batch_parts(0, 8, 4) == []
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_size_batches_are_the_whole_batch_loaders_tensors(timm_net, digits, workers):
+    samples = digits.samples("train")  # 30 images in batches of 7: 7, 7, 7, 7, 2
+    cfg = eval_config(timm_net)
+    transforms_ = [cfg.transform(size) for size in (16, 24)]
+    got = list(
+        size_batches(
+            samples, transforms_, batch_size=7, workers=workers, device=torch.device("cpu")
+        )
+    )
+    for i, transform in enumerate(transforms_):
+        expected = list(DataLoader(SplitImages(samples, transform), batch_size=7))
+        assert [len(b[i]) for b in got] == [7, 7, 7, 7, 2]
+        assert all(torch.equal(b[i], e) for b, e in zip(got, expected, strict=True))
+
+
+def test_predict_sizes_equals_predict_split_size_by_size(digits, store):
+    # One read of each split, in parts over 2 workers, against a whole-batch read per size
+    net = tiny_net()
+    options = dict(
+        views=["identity", "rotate", "color_jitter"], merge="mean_probs", batch_size=7,
+        device="cpu", seed=4, keep_views=True, dtype="float32",
+    )  # fmt: skip
+    ids = predict_sizes(
+        net, digits, SPLITS, [24, 16], store=store, name="one", workers=2, **options
+    )
+    alone = []
+    for size in (24, 16):
+        for split in SPLITS:
+            alone += predict_split(
+                net, digits.samples(split), store=store, name=f"alone-s{size}", split=split,
+                test_size=size, **options,
+            )  # fmt: skip
+    assert ids == [i.replace("alone", "one") for i in alone]
+    assert len(ids) == 2 * 2 * 4  # sizes x splits x (merged + 3 views)
+    for one_id, alone_id in zip(ids, alone, strict=True):
+        one, by_itself = one_id.split("/"), alone_id.split("/")
+        np.testing.assert_array_equal(store.read(*one), store.read(*by_itself))  # bit for bit
+        attrs = [dict(store.get(*pred).attrs) for pred in (one, by_itself)]
+        for a in attrs:
+            del a["created"]
+        assert attrs[0] == attrs[1]
+
+
+def test_predict_sizes_checks_every_name_before_reading_and_frees_its_locks(
+    timm_net, digits, store, tmp_path
+):
+    options = dict(views=["identity"], batch_size=8, device="cpu")
+    predict_split(
+        timm_net, digits.samples("val"), store=store, name="m-s24", split="val", test_size=24,
+        **options,
+    )  # fmt: skip
+    with pytest.raises(StoreError, match="m-s24/val already exists"):
+        predict_sizes(timm_net, digits, ["val"], [16, 24], store=store, name="m", **options)
+    assert not store.exists("m-s16", "val", include_incomplete=True)
+    # m-s16's writer, opened before m-s24's refused, gave its lock back
+    assert not list((tmp_path / ".store.zarr.locks").glob("*.lock"))
+    with pytest.raises(RecipeError, match="repeat a size"):
+        predict_sizes(timm_net, digits, ["val"], [16, 16], store=store, name="m", **options)
+
+
+def test_host_blocks_are_handed_on_in_order_one_late():
+    from ee_tta.streaming import _HostBlocks
+
+    seen = []
+    lagged = _HostBlocks(lambda start, size, blocks: seen.append((start, size, blocks)), lag=1)
+    for start in (0, 4, 8):
+        lagged.add(start, start % 3, torch.full((2, 4, 3), float(start)))
+        assert [s for s, _, _ in seen] == list(range(0, start, 4))  # all but the newest
+    lagged.flush()
+    assert [(s, size) for s, size, _ in seen] == [(0, 0), (4, 1), (8, 2)]
+    assert all(isinstance(b, np.ndarray) and (b == s).all() for s, _, b in seen)

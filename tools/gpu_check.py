@@ -10,9 +10,11 @@ Steps (each timed; one failing does not stop the others; a step that would start
    (channels-last is the recipe's default), 4 epochs without warm-up; checks the saved recipe
    says cuda, AMP and channels-last, that every epoch's loss and val top-1 are finite and that
    it learns (val top-1 >= 30%; chance is 10%, float32 on CPU reaches 65%).
-3. ``tta``: the trained checkpoint predicts the val split through ``ee_tta.predict_split`` on
-   CUDA at 3 sizes x 5 views into the store; checks the scores are finite, gives top-1, and
-   compares the identity view's logits on CUDA (float16 autocast) with the same on CPU.
+3. ``tta``: the trained checkpoint predicts the val split through ``ee_tta.predict_sizes`` on
+   CUDA at 3 sizes x 5 views into the store (one read of the split for all sizes, loaded in
+   parts by the workers, joined on the GPU); checks the scores are finite, gives top-1, checks
+   that ``predict_split`` at one size on its own gives the same scores, and compares the
+   identity view's logits on CUDA (float16 autocast) with the same on CPU.
 4. ``amp``: ``tools/bench_train.py``'s AMP + channels-last versus float32 comparison, resnet50,
    224 px, batch 128, 30 timed steps each on synthetic batches; again with cuDNN autotuning.
 5. ``train_loop``: ``tools/bench_train.py``'s engine-versus-plain loop on CUDA (AMP,
@@ -20,7 +22,9 @@ Steps (each timed; one failing does not stop the others; a step that would start
 6. ``predict``: ``tools/bench_predict.py`` on CUDA, resnet50 at 224/320/380 with 8 workers.
 7. ``train_loop_large`` and ``predict_large``: steps 5 and 6 with more work per epoch and per
    call (resnet18 at 128 px on 800 + 800 images; 1000 images to predict), so that the fixed
-   per-epoch and per-call costs weigh as they do in real runs.
+   per-epoch and per-call costs weigh as they do in real runs. From ``predict`` (200 images)
+   and ``predict_large`` (1000) the summary splits each side's time into a fixed cost per call
+   and a cost per image (a straight line through the two points).
 
 Needs only the repository and a virtual environment with the package installed
 (``pip install -e .``); nothing is downloaded. Without a CUDA device it stops at once with one
@@ -175,7 +179,7 @@ def tta(work: Path, device: str, cfg: dict[str, Any]) -> dict[str, Any]:
     from ee_timm.checkpoint import load_checkpoint
     from ee_timm.recipe import resolve_recipe
     from ee_timm.train import build_model
-    from ee_tta import predict_split
+    from ee_tta import predict_sizes, predict_split
 
     from ensemble_engine.store import open_store
 
@@ -184,23 +188,35 @@ def tta(work: Path, device: str, cfg: dict[str, Any]) -> dict[str, Any]:
     saved = load_checkpoint(run / "best.pth")
     model = build_model(recipe, len(saved["classes"]))
     model.load_state_dict(saved["model"])
-    samples = open_digits().samples("val")
+    digits = open_digits()
+    samples = digits.samples("val")
     store = open_store(work / "ee.zarr", "a")
     labels = store.split("val").labels
 
-    def predict(name: str, size: int, views: list[str], on: str, **options: Any) -> np.ndarray:
-        predict_split(model, samples, store=store, name=name, split="val", test_size=size,
-                      views=views, device=on, replace=True, **options)  # fmt: skip
+    def read(name: str) -> np.ndarray:
         scores = store.read(name, "val").astype(np.float32)
         check(bool(np.isfinite(scores).all()), f"{name}/val holds non-finite scores")
         return scores
 
+    def predict(name: str, size: int, views: list[str], on: str, **options: Any) -> np.ndarray:
+        predict_split(model, samples, store=store, name=name, split="val", test_size=size,
+                      views=views, device=on, replace=True, **options)  # fmt: skip
+        return read(name)
+
     out: dict[str, Any] = {"sizes": list(recipe.test_sizes), "views": VIEWS}
     start = time.perf_counter()
-    for size in recipe.test_sizes:
-        scores = predict(f"gpucheck-tta-s{size}", size, VIEWS, device, workers=cfg["workers"])
-        out[f"top1_s{size}"] = float((scores.argmax(1) == labels).mean() * 100)
+    predict_sizes(model, digits, ["val"], list(recipe.test_sizes), VIEWS, store=store,
+                  name="gpucheck-tta", device=device, workers=cfg["workers"], replace=True,
+                  dtype="float32")  # fmt: skip
     out["predict_seconds"] = time.perf_counter() - start
+    for size in recipe.test_sizes:
+        scores = read(f"gpucheck-tta-s{size}")
+        out[f"top1_s{size}"] = float((scores.argmax(1) == labels).mean() * 100)
+    size = recipe.test_sizes[-1]
+    alone = predict("gpucheck-alone", size, VIEWS, device, dtype="float32")  # whole batches
+    together = read(f"gpucheck-tta-s{size}")
+    out["sizes_vs_split_max_abs_diff"] = float(np.abs(alone - together).max())
+    check(out["sizes_vs_split_max_abs_diff"] <= 1e-3, "predict_sizes and predict_split differ")
     size = recipe.test_sizes[0]
     on_device = predict("gpucheck-device", size, ["identity"], device, dtype="float32")
     on_cpu = predict("gpucheck-cpu", size, ["identity"], "cpu", dtype="float32")
@@ -256,6 +272,16 @@ def predict(device: str, cfg: dict[str, Any], key: str = "predict") -> dict[str,
     return res
 
 
+def cost_per_call_and_image(small: dict[str, Any], large: dict[str, Any]) -> dict[str, Any]:
+    """Each side's seconds as fixed + per_image * images, through two runs' best times."""
+    out = {}
+    for side in ("bare", "predict"):
+        (n0, t0), (n1, t1) = ((r["images"], r[f"{side}_s"]) for r in (small, large))
+        per_image = (t1 - t0) / (n1 - n0)
+        out[side] = {"fixed_s": t0 - per_image * n0, "ms_per_image": 1000 * per_image}
+    return out
+
+
 def run_checks(report: Report, device: str = "cuda", cfg: dict[str, Any] = FULL) -> bool:
     """Every step on ``device``; True when all passed."""
     with tempfile.TemporaryDirectory(prefix="ee-gpu-check-") as tmp:
@@ -273,6 +299,10 @@ def run_checks(report: Report, device: str = "cuda", cfg: dict[str, Any] = FULL)
         if "predict_large" in cfg:
             report.step("predict_large", lambda: predict(device, cfg, "predict_large"))
     steps = report.data["steps"]
+    if steps.get("predict", {}).get("ok") and steps.get("predict_large", {}).get("ok"):
+        report.data["predict_cost"] = cost_per_call_and_image(
+            steps["predict"], steps["predict_large"]
+        )
     report.data["ok"] = all(s["ok"] for s in steps.values())
     report.data["seconds"] = round(elapsed(), 1)
     report.save()
@@ -281,6 +311,11 @@ def run_checks(report: Report, device: str = "cuda", cfg: dict[str, Any] = FULL)
         ratio = f"  ratio {s['ratio']:.3f}x (target >= {s['target']}x)" if "ratio" in s else ""
         print(
             f"  {name:16s} {'ok' if s['ok'] else 'FAILED':6s} {s.get('seconds', 0):7.1f} s{ratio}"
+        )
+    for side, cost in report.data.get("predict_cost", {}).items():
+        print(
+            f"  {side:8s} fixed {cost['fixed_s']:.3f} s per call"
+            f" + {cost['ms_per_image']:.2f} ms per image"
         )
     print(f"gpu_check {'passed' if report.data['ok'] else 'FAILED'} in {elapsed():.0f} s")
     return report.data["ok"]

@@ -5,17 +5,26 @@ model's interpolation and centre-crops ``test_size``: ``crop_pct = 1`` keeps the
 the usual 0.875 trims a border. Whatever the caller leaves out comes from the model's
 ``pretrained_cfg`` (timm's ``resolve_model_data_config``), so a model trained with other
 normalisation is evaluated with its own.
+
+``size_batches`` reads a split once for all its test sizes: each image is decoded once and
+transformed at every size, in the loader's workers, and each batch comes back as one tensor per
+size on the model's device. Loader workers take parts of a batch (``batch_parts``) rather than
+whole batches, so that on a GPU the first batch, which the GPU waits for, is prepared by every
+worker at once; the parts are joined on the device into the very tensors a whole-batch loader
+makes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from ee_data import load_image
 from timm.data import create_transform, resolve_model_data_config
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from ensemble_engine.data import Sample
 from ensemble_engine.errors import RecipeError
@@ -91,3 +100,88 @@ class SplitImages(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.transform(load_image(self.samples[index].path))
+
+
+class SizedImages(Dataset):
+    """The split's images, each decoded once and transformed by every one of ``transforms``
+    (one per test size): an item is a tuple of tensors, one per transform."""
+
+    def __init__(self, samples: Sequence[Sample], transforms: Sequence[Callable]) -> None:
+        self.samples = list(samples)
+        self.transforms = list(transforms)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        image = load_image(self.samples[index].path)
+        return tuple(transform(image) for transform in self.transforms)
+
+
+def batch_parts(n: int, batch_size: int, parts: int) -> list[list[int]]:
+    """Row indices 0..n-1 in batches of ``batch_size``, each cut into up to ``parts`` runs of
+    near-equal length (no run crosses a batch), in order.
+
+    >>> batch_parts(10, 4, 2)
+    [[0, 1], [2, 3], [4, 5], [6, 7], [8], [9]]
+    """
+    runs = []
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        k = min(parts, stop - start)
+        bounds = [start + (stop - start) * i // k for i in range(k + 1)]
+        runs += [list(range(a, b)) for a, b in zip(bounds, bounds[1:], strict=False)]
+    return runs
+
+
+def size_batches(
+    samples: Sequence[Sample],
+    transforms: Sequence[Callable],
+    *,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+) -> Iterator[list[torch.Tensor]]:
+    """``samples`` in batches of ``batch_size``, each as one tensor per transform on ``device``.
+
+    With ``workers`` each batch is loaded in ``workers`` parts (pinned on CUDA, copied without
+    blocking, joined on the device); without, in the calling process, whole. The workers are
+    let go without waiting for them to exit (``_let_go``).
+    """
+    cuda = device.type == "cuda"
+    parts = batch_parts(len(samples), batch_size, workers if workers > 0 else 1)
+    loader = DataLoader(
+        SizedImages(samples, transforms),
+        batch_sampler=parts,
+        num_workers=workers,
+        pin_memory=cuda,
+        prefetch_factor=4 if workers > 0 else None,  # up to 4 batches ahead of the model
+    )
+    pending: list[list[torch.Tensor]] = []
+    done = rows = 0
+    loading = [iter(loader)]
+    try:
+        for _ in parts:  # exactly one part each: asking for one more would end the loader here
+            part = next(loading[0])
+            pending.append([images.to(device, non_blocking=True) for images in part])
+            rows += len(part[0])
+            if rows == min(batch_size, len(samples) - done):
+                yield [_join(tensors) for tensors in zip(*pending, strict=True)]
+                pending, done, rows = [], done + rows, 0
+    finally:
+        _let_go(loading)
+
+
+def _let_go(holder: list[Any]) -> None:
+    """Drop the only reference to a loader's iterator (in ``holder``) in a short-lived thread.
+
+    The iterator's finaliser joins its worker processes, one after the other; forked from a
+    process that holds a CUDA context, each takes a while to exit, and nothing here needs to
+    wait for that. A worker still exiting when the interpreter ends is ended by
+    ``multiprocessing`` as any daemonic child is.
+    """
+    threading.Thread(target=holder.clear, name="ee-loader-exit", daemon=True).start()
+
+
+def _join(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
