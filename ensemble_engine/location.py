@@ -14,6 +14,16 @@ import zarr
 from .errors import FormatVersionError, StoreError
 from .records import FORMAT, VERSION
 
+# what zarr raises when "w-" finds a node that another process created since ``_exists``
+_CREATED_MEANWHILE = tuple(
+    e
+    for e in (
+        getattr(zarr.errors, "ContainsGroupError", None),
+        getattr(zarr.errors, "ContainsArrayError", None),
+    )
+    if e is not None
+)
+
 
 def store_location(path: str | Path) -> str:
     """The store's location as ``open_store`` uses it: a local path or an fsspec URL.
@@ -46,9 +56,12 @@ def open_root(path: str | Path, mode: str) -> tuple[zarr.Group, str]:
     try:
         if mode == "r" or (mode == "a" and _exists(spath, is_url)):
             return _open_existing(spath, mode), spath
-        # "w-" for ``a``: a store created meanwhile by another process is opened, not wiped
-        group = zarr.open_group(store=spath, mode="w" if mode == "w" else "w-")
-    except FileExistsError:
+        # "w-" for ``a``: a store created meanwhile by another process is opened, not wiped.
+        # The format attrs go into the creating write itself: a process that opens the store
+        # a moment later never sees (nor rewrites) a root without them.
+        attrs = {"ee": {"format": FORMAT, "version": VERSION}}
+        group = zarr.open_group(store=spath, mode="w" if mode == "w" else "w-", attributes=attrs)
+    except (FileExistsError, *_CREATED_MEANWHILE):
         return _open_existing(spath, mode), spath
     except OSError as exc:
         if not is_url:
@@ -57,7 +70,6 @@ def open_root(path: str | Path, mode: str) -> tuple[zarr.Group, str]:
             f"cannot reach store {spath} ({type(exc).__name__}: {exc}); "
             "check the URL, that the bucket exists, and the credentials"
         ) from None
-    group.attrs.update({"ee": {"format": FORMAT, "version": VERSION}})
     return group, spath
 
 

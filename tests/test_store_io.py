@@ -136,3 +136,27 @@ def test_names_other_code_imports_are_still_there(module):
     mod = importlib.import_module(module)
     missing = [name for name in IMPORTED[module] if not hasattr(mod, name)]
     assert missing == []
+
+
+def test_a_store_created_meanwhile_by_another_process_is_opened(tmp_path, monkeypatch):
+    """Two ``ee produce`` into a new store at once: a create that finds the other's store
+    (zarr raises ContainsGroupError when the group appears between its own checks) opens it."""
+    import zarr
+
+    import ensemble_engine.location as location
+
+    path = tmp_path / "ee.zarr"
+    first = open_store(path, "a")
+    first.group.attrs.update({"marker": 1})
+    real_open = zarr.open_group
+
+    def racing_open(*args, **kwargs):
+        if kwargs.get("mode") == "w-":  # the other process's group appeared just now
+            raise zarr.errors.ContainsGroupError("A group exists in store at path ''.")
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(location, "_exists", lambda spath, is_url: False)  # checked too early
+    monkeypatch.setattr(location.zarr, "open_group", racing_open)
+    second = open_store(path, "a")
+    assert second.group.attrs["marker"] == 1
+    assert second.group.attrs["ee"]["version"] == first.group.attrs["ee"]["version"]
