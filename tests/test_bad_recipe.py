@@ -13,7 +13,6 @@ single epoch runs. ``test_bad_input.py`` holds the store, import and combine hal
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import small_digits, snapshot
 from PIL import Image
 
 from ensemble_engine.data import open_dataset, register_splits
@@ -35,18 +35,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:skipped .* not readable images")
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """Tiny digits: 4 train and 2 val images per class, a test split of 10 images."""
-    from ee_data import write_digits
-
     root = tmp_path_factory.mktemp("bad-recipe") / "digits"
-    write_digits(root, train_per_class=4, val_per_class=2)
-    images = sorted((root / "test" / "imgs").iterdir())
-    for path in images[10:]:
-        path.unlink()
-    kept = {p.name for p in images[:10]}
-    labels = root / "test" / "labels.csv"
-    header, *rows = labels.read_text().splitlines()
-    labels.write_text("\n".join([header, *(r for r in rows if r.split(",")[0] in kept)]) + "\n")
-    return root
+    return small_digits(root, train_per_class=4, val_per_class=2, test_images=10)
 
 
 @pytest.fixture(scope="module")
@@ -317,39 +307,10 @@ CASES = [
 ]
 # fmt: on
 
-# Known gaps: case id -> what is missing. They must fail until fixed (strict xfail), so the
-# catalogue shows a gap instead of hiding it.
-KNOWN_GAPS: dict[str, str] = {}
-
-
-def snapshot(*roots: Path) -> dict[str, str]:
-    """Every path under ``roots`` with a hash of its bytes; lock folders must end up empty."""
-    out = {}
-    for root in roots:
-        for path in sorted(root.rglob("*")):
-            rel = f"{root.name}/{path.relative_to(root).as_posix()}"
-            if path.parent.name.endswith(".locks") and path.parent.name.startswith("."):
-                out[rel] = "lock file left behind"
-            elif path.is_dir():
-                if not (path.name.startswith(".") and path.name.endswith(".locks")):
-                    out[rel] = "dir"
-            else:
-                out[rel] = hashlib.sha1(path.read_bytes()).hexdigest()
-    return out
-
-
-def _params():
-    for c in CASES:
-        marks = []
-        if c.id in KNOWN_GAPS:
-            marks.append(pytest.mark.xfail(reason=KNOWN_GAPS[c.id], strict=True))
-        yield pytest.param(c, id=c.id, marks=marks)
-
 
 def test_catalogue_is_large_and_ids_are_unique():
     assert len(CASES) >= 60
     assert len({c.id for c in CASES}) == len(CASES)
-    assert set(KNOWN_GAPS) <= {c.id for c in CASES}
 
 
 @pytest.fixture
@@ -363,7 +324,7 @@ def no_training(monkeypatch):
     monkeypatch.setattr(ee_timm.producer, "train", refuse)
 
 
-@pytest.mark.parametrize("case", list(_params()))
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_recipe_is_one_line_exit_2_and_writes_nothing(
     case: Case, data, template, tmp_path, run_cli, no_training
 ):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import small_digits
 from rich.console import Console
 
 from ensemble_engine.data import open_dataset, register_splits
@@ -30,18 +31,8 @@ TIMEOUT = 180
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """Tiny digits: 4 train and 2 val images per class, a test split of 60 images."""
-    from ee_data import write_digits
-
     root = tmp_path_factory.mktemp("concurrent-produce") / "digits"
-    write_digits(root, train_per_class=4, val_per_class=2)
-    images = sorted((root / "test" / "imgs").iterdir())
-    for path in images[60:]:
-        path.unlink()
-    kept = {p.name for p in images[:60]}
-    labels = root / "test" / "labels.csv"
-    header, *rows = labels.read_text().splitlines()
-    labels.write_text("\n".join([header, *(r for r in rows if r.split(",")[0] in kept)]) + "\n")
-    return root
+    return small_digits(root, train_per_class=4, val_per_class=2, test_images=60)
 
 
 def run_together(data: Path, folder: Path, recipes: list[str]) -> list[dict]:

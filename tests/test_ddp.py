@@ -27,6 +27,7 @@ from ee_timm.checkpoint import load_checkpoint
 from ee_timm.distributed import BACKEND_ENV, Launch, backend_for, rank_device
 from ee_timm.loaders import ShardedSeededSampler
 from ee_tta import predict_split
+from helpers import small_digits
 
 from ensemble_engine.commands.launch import torchrun_command
 from ensemble_engine.commands.produce import produce_command
@@ -322,22 +323,9 @@ def test_nproc_mistakes_are_one_line(run_cli, tmp_path, monkeypatch, args, env, 
 # --- real processes (gloo on CPU) -------------------------------------------------------------
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-# Tiny settings: 16-pixel digits, 8 train / 4 val / 40 test images per class... see small_tree.
+# Tiny settings for a tree of 16-pixel digits: 8 train and 4 val images per class, 44 test images.
 SETTINGS = ["--set", "defaults=digits", "--img-size", "16", "--epochs", "2", "--batch-size", "8",
             "--workers", "0", "--test-sizes", "16", "--tta", "identity,rotate"]  # fmt: skip
-
-
-def small_tree(root: Path, test_images: int = 44) -> Path:
-    """8 train and 4 val images per class; the test split cut to ``test_images`` images."""
-    write_digits(root, train_per_class=8, val_per_class=4, size=16)
-    images = sorted((root / "test" / "imgs").iterdir())
-    for path in images[test_images:]:
-        path.unlink()
-    kept = {p.name for p in images[:test_images]}
-    labels = root / "test" / "labels.csv"
-    header, *rows = labels.read_text().splitlines()
-    labels.write_text("\n".join([header, *(r for r in rows if r.split(",")[0] in kept)]) + "\n")
-    return root
 
 
 def ee(*args: object, cwd: Path, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
@@ -351,7 +339,7 @@ def ee(*args: object, cwd: Path, launcher: list[str] | None = None) -> subproces
 def ddp_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """``ee produce --nproc 2`` once: (working folder, the finished process)."""
     work = tmp_path_factory.mktemp("ddp-run")
-    small_tree(work / "data")
+    small_digits(work / "data", train_per_class=8, val_per_class=4, test_images=44, size=16)
     done = ee("produce", "resnet10t-ce", "--data", "data", "--store", "s.zarr", "--runs-dir",
               "runs", "--run-id", "r", *SETTINGS, "--nproc", "2", cwd=work)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

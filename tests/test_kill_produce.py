@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import small_digits
 
 from ensemble_engine.store import open_store
 
@@ -45,18 +46,8 @@ TIMEOUT = 120
 def data(tmp_path_factory) -> Path:
     """Tiny digits: 4 train and 4 val images per class, a test split of 200 images (long
     enough to predict that a poll every 2 ms sees its prediction half written)."""
-    from ee_data import write_digits
-
     root = tmp_path_factory.mktemp("kill-produce") / "digits"
-    write_digits(root, train_per_class=4, val_per_class=4)
-    images = sorted((root / "test" / "imgs").iterdir())
-    for path in images[200:]:
-        path.unlink()
-    kept = {p.name for p in images[:200]}
-    labels = root / "test" / "labels.csv"
-    header, *rows = labels.read_text().splitlines()
-    labels.write_text("\n".join([header, *(r for r in rows if r.split(",")[0] in kept)]) + "\n")
-    return root
+    return small_digits(root, train_per_class=4, val_per_class=4, test_images=200)
 
 
 def produce_args(data: Path, folder: Path, *extra: str) -> list[str]:

@@ -18,6 +18,7 @@ from ee_data import write_digits
 from ee_data.imagefolder import ImageFolderSource
 from ee_timm.prediction import base_name
 from ee_timm.recipe import resolve_recipe
+from helpers import small_digits
 from PIL import Image
 from torchvision.transforms import functional as F
 
@@ -31,19 +32,6 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 pytestmark = pytest.mark.slow  # every test reads the run trained once for the module (~20 s)
 
 
-def small_digits(root, test_images: int = 20):
-    """A digits tree with 6 train and 3 val images per class and only ``test_images`` test ones."""
-    write_digits(root, train_per_class=6, val_per_class=3, size=16)
-    images = sorted((root / "test" / "imgs").iterdir())
-    for path in images[test_images:]:
-        path.unlink()
-    kept = {p.name for p in images[:test_images]}
-    labels = root / "test" / "labels.csv"
-    header, *rows = labels.read_text().splitlines()
-    labels.write_text("\n".join([header, *(r for r in rows if r.split(",")[0] in kept)]) + "\n")
-    return root
-
-
 @pytest.fixture(scope="module")
 def produced(tmp_path_factory):
     """``ee produce`` run once: (data root, store path, run folder, CLI result)."""
@@ -52,7 +40,7 @@ def produced(tmp_path_factory):
     from ensemble_engine.cli import build_cli
 
     tmp = tmp_path_factory.mktemp("produce")
-    data = small_digits(tmp / "digits")
+    data = small_digits(tmp / "digits", train_per_class=6, val_per_class=3, test_images=20, size=16)
     args = [
         "produce", NAME, "--data", data, "--store", tmp / "s.zarr", "--runs-dir", tmp / "runs",
         "--set", "defaults=digits", "--img-size", "16", "--epochs", "2", "--batch-size", "16",

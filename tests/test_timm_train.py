@@ -16,6 +16,7 @@ from ee_timm.producer import TimmProducer, training_samples
 from ee_timm.recipe import Recipe, resolve_recipe
 from ee_timm.train import DivergedError, build_model, build_optimizer, build_scheduler, train
 from ee_timm.transforms import GaussianNoise, batch_mixer, eval_transform, train_transform
+from helpers import small_digits
 from PIL import Image
 from rich.console import Console
 
@@ -280,17 +281,10 @@ def test_schedule_is_linear_warmup_then_cosine():
 @pytest.fixture(scope="module")
 def tiny_digits(tmp_path_factory):
     """4 train and 2 val images per class; the test split cut to 10 images (it is predicted)."""
-    from ee_data import ImageFolderSource, write_digits
+    from ee_data import ImageFolderSource
 
     root = tmp_path_factory.mktemp("tiny") / "digits"
-    write_digits(root, train_per_class=4, val_per_class=2)
-    images = sorted((root / "test" / "imgs").iterdir())
-    for path in images[10:]:
-        path.unlink()
-    kept = {p.name for p in images[:10]}
-    labels = root / "test" / "labels.csv"
-    header, *rows = labels.read_text().splitlines()
-    labels.write_text("\n".join([header, *(r for r in rows if r.split(",")[0] in kept)]) + "\n")
+    small_digits(root, train_per_class=4, val_per_class=2, test_images=10)
     return ImageFolderSource(root)
 
 

@@ -1,0 +1,43 @@
+"""Shared test data and checks: small digits trees and the "nothing written" snapshot."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+
+def small_digits(
+    root: Path, *, train_per_class: int, val_per_class: int, test_images: int, size: int = 32
+) -> Path:
+    """The digits tree at ``root`` with its test split cut to the first ``test_images`` images
+    (file and ``labels.csv`` row), so that tests which predict it stay fast."""
+    from ee_data import write_digits
+
+    write_digits(root, train_per_class=train_per_class, val_per_class=val_per_class, size=size)
+    images = sorted((root / "test" / "imgs").iterdir())
+    for path in images[test_images:]:
+        path.unlink()
+    kept = {p.name for p in images[:test_images]}
+    labels = root / "test" / "labels.csv"
+    header, *rows = labels.read_text().splitlines()
+    labels.write_text("\n".join([header, *(r for r in rows if r.split(",")[0] in kept)]) + "\n")
+    return root
+
+
+def snapshot(*roots: Path) -> dict[str, str]:
+    """Every path under ``roots`` with a hash of its bytes; lock folders must end up empty."""
+    out = {}
+    for root in roots:
+        for path in sorted(root.rglob("*")):
+            rel = f"{root.name}/{path.relative_to(root).as_posix()}"
+            if path.parent.name.endswith(".locks") and path.parent.name.startswith("."):
+                out[rel] = "lock file left behind"
+            elif path.is_dir():
+                if not (path.name.startswith(".") and path.name.endswith(".locks")):
+                    out[rel] = "dir"
+            elif path.is_file() and os.access(path, os.R_OK) and path.stat().st_mode & 0o444:
+                out[rel] = hashlib.sha1(path.read_bytes()).hexdigest()
+            else:
+                out[rel] = "unreadable"
+    return out
