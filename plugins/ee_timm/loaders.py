@@ -11,6 +11,10 @@ is checkpointed, which is what lets a resumed run repeat an uninterrupted one.
 Under torchrun each rank loads its own share of every epoch (``ShardedSeededSampler``, torch's
 ``DistributedSampler``); there a sample's seed comes from (recipe seed, epoch, sample), so its
 augmentation is the same whichever rank loads it and however many ranks there are.
+
+Validation repeats one deterministic transform every epoch, so its batches are kept after the
+first pass when they fit in ``REPLAY_BYTES`` (``ReplayBatches``): later passes run the model only,
+with no decoding and no loader processes competing with it for the CPU.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, g
 from ensemble_engine.data import Sample
 
 SEED_BOUND = 2**32  # numpy's seeds are 32-bit
+REPLAY_BYTES = 512 * 2**20  # validation batches kept in memory up to this size
 
 
 @contextlib.contextmanager
@@ -143,9 +148,14 @@ def eval_loader(
     batch_size: int,
     workers: int,
     pin_memory: bool = False,
-) -> DataLoader:
-    """Batches in sample order; evaluation draws on no global random generator."""
-    return DataLoader(
+    replay_bytes: int = 0,
+) -> DataLoader | ReplayBatches:
+    """Batches in sample order; evaluation draws on no global random generator.
+
+    ``replay_bytes`` > 0 keeps the first pass's batches up to that size (``ReplayBatches``), for
+    a split evaluated again and again.
+    """
+    loader = DataLoader(
         SampleDataset(samples, transform),
         batch_size=batch_size,
         shuffle=False,
@@ -154,3 +164,42 @@ def eval_loader(
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(0),
     )
+    return ReplayBatches(loader, replay_bytes) if replay_bytes > 0 else loader
+
+
+class ReplayBatches:
+    """Iterates ``loader``'s batches; the first complete pass is kept and replayed after it.
+
+    For loaders whose every pass yields the same tensors (evaluation: fixed order, deterministic
+    transform). Keeping stops, and the batches already kept are dropped, once they pass
+    ``max_bytes``: then every pass reads ``loader`` as before. A pass left unfinished keeps
+    nothing. Once the batches are kept, the loader (and its worker processes) is released.
+    """
+
+    def __init__(self, loader: DataLoader, max_bytes: int = REPLAY_BYTES) -> None:
+        self.loader: DataLoader | None = loader
+        self.max_bytes = max_bytes
+        self.batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.too_big = max_bytes <= 0
+        self._length = len(loader)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.batches is not None:
+            yield from self.batches
+            return
+        assert self.loader is not None
+        kept: list[tuple[torch.Tensor, torch.Tensor]] | None = None if self.too_big else []
+        size = 0
+        for images, targets in self.loader:
+            if kept is not None:
+                size += images.nbytes + targets.nbytes
+                if size > self.max_bytes:
+                    kept, self.too_big = None, True
+                else:
+                    kept.append((images, targets))
+            yield images, targets
+        if kept is not None:
+            self.batches, self.loader = kept, None

@@ -41,7 +41,7 @@ from ensemble_engine.losses import create_loss
 
 from . import checkpoint as ck
 from .distributed import TorchGroup, average_batch_norm, wrap_model
-from .loaders import ShardedSeededSampler, eval_loader, train_loader
+from .loaders import REPLAY_BYTES, ShardedSeededSampler, eval_loader, train_loader
 from .progress import TrainProgress, summary_table
 from .readings import READ_EVERY, DivergedError, LossWatch, evaluate, evaluation_sums, percentages
 from .recipe import WEIGHT_NEUTRAL, Recipe
@@ -278,6 +278,7 @@ def train(
     val_loader = eval_loader(
         val_share, eval_transform(recipe.img_size, recipe.crop_pct),
         batch_size=recipe.batch_size, workers=recipe.workers, pin_memory=run.cuda,
+        replay_bytes=REPLAY_BYTES,  # decoded once, not every epoch, when it fits
     )  # fmt: skip
     started, seen, train_time = time.perf_counter(), 0, 0.0
     state = run.state
