@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 # reader touches each chunk exactly once, and a graph streaming 66 inputs holds 66 chunks.
 TARGET_CHUNK_BYTES = 2 * 1024 * 1024
 _PLAIN_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}]
+# ``check(rows)`` raises to refuse rows; a write calls it on each chunk's rows just before writing
+# them, while they are in cache (one pass over memory instead of a check pass, then a write pass).
+Check = Callable[[np.ndarray], None]
 
 
 def chunk_rows_for(n_classes: int, itemsize: int) -> int:
@@ -150,9 +153,11 @@ class RowChunks:
             key = path[len(self.folder) + 1 :]  # type: ignore[arg-type]
             raise ValueError(f"chunk {key} holds {size} bytes, not {self.step * self.row_bytes}")
 
-    def write_chunk(self, chunk: int, rows: np.ndarray) -> None:
+    def write_chunk(self, chunk: int, rows: np.ndarray, check: Check | None = None) -> None:
         """Write chunk ``chunk`` whole from ``rows``, all its rows (the last chunk has fewer)."""
         start = chunk * self.step
+        if check is not None:
+            check(rows)
         if self.folder is None:
             self.arr[start : start + len(rows)] = rows
             return
@@ -165,19 +170,23 @@ class RowChunks:
             if pad:
                 f.write(np.full((pad, *self.row_shape), self.arr.fill_value, self.dtype).tobytes())
 
-    def write_chunks(self, first: int, rows: np.ndarray) -> None:
+    def write_chunks(self, first: int, rows: np.ndarray, check: Check | None = None) -> None:
         """Write chunks ``first``, ``first + 1``… whole from ``rows``, several at once.
 
-        ``rows`` holds ``step`` rows per chunk, fewer only for the array's last chunk.
+        ``rows`` holds ``step`` rows per chunk, fewer only for the array's last chunk. When
+        ``check`` refuses a chunk, chunks of the other parts may already be written: the caller
+        removes the array (as ``PredictionWriter`` does).
         """
         if self.folder is None:  # one zarr call: zarr writes the chunks concurrently itself
+            if check is not None:
+                check(rows)
             start = first * self.step
             self.arr[start : start + len(rows)] = rows
             return
 
         def part(a: int, b: int) -> None:
             for c in range(a, b):
-                self.write_chunk(first + c, rows[c * self.step : (c + 1) * self.step])
+                self.write_chunk(first + c, rows[c * self.step : (c + 1) * self.step], check)
 
         in_parallel(part, 0, -(-len(rows) // self.step), nbytes=rows.nbytes)
 
@@ -204,7 +213,9 @@ class ChunkGatherer:
         self.buf = np.empty((0, *chunks.row_shape), chunks.dtype)
         self.at, self.fill = -1, 0  # the chunk being gathered; its rows 0:fill are in buf
 
-    def put(self, start: int, block: np.ndarray) -> None:
+    def put(self, start: int, block: np.ndarray, check: Check | None = None) -> None:
+        """Rows ``start…`` from ``block``; ``check`` (if given) sees every row before it is
+        stored or gathered: whole chunks as they are written, other pieces up front."""
         rc, pos, stop = self.chunks, start, start + len(block)
         while pos < stop:
             c = pos // rc.step
@@ -214,10 +225,12 @@ class ChunkGatherer:
                 end = stop if stop == rc.n else c0 + (stop - c0) // rc.step * rc.step
                 if c <= self.at < -(-end // rc.step):
                     self.at, self.fill = -1, 0  # every gathered row replaced
-                rc.write_chunks(c, block[pos - start : end - start])
+                rc.write_chunks(c, block[pos - start : end - start], check)
                 pos = end
                 continue
             piece = block[pos - start : hi - start]
+            if check is not None:
+                check(piece)
             if (self.at == c and pos - c0 <= self.fill) or (self.at != c and pos == c0):
                 if self.at != c:
                     self.flush()

@@ -1,7 +1,8 @@
 """Writing one prediction: row blocks in, checked and counted, published when complete.
 
 ``PredictionWriter`` turns row blocks into stored chunks (``chunks.ChunkGatherer``), refuses NaN
-and Inf, keeps the metrics of what it stored, and writes ``complete: true`` last. The chunk I/O it
+and Inf (each chunk checked as it is written, while in cache; a refused prediction is removed
+whole), keeps the metrics of what it stored, and writes ``complete: true`` last. The chunk I/O it
 builds on lives in ``chunks.py`` (float16 kernels in ``float16.py``); its names are re-exported
 here for the code that imports them from this module.
 """
@@ -19,6 +20,7 @@ from .chunks import TARGET_CHUNK_BYTES, ChunkGatherer, RowChunks, chunk_rows_for
 from .errors import StoreError
 from .float16 import PASS_ITEMS, all_finite, widen_float16
 from .io_pool import io_threads
+from .local_nodes import create_group_with_array, update_group_attrs
 from .metrics import MetricAccumulator
 
 if TYPE_CHECKING:
@@ -43,6 +45,10 @@ __all__ = [
 # Rows per metrics update: log-softmax works in float64, so whole blocks would need GBs.
 METRIC_ROWS = 1024
 reader_thread = io_threads  # the name this module gave the I/O threads before
+
+
+class _NotFinite(Exception):
+    """A chunk's rows hold NaN or Inf (turned into the writer's StoreError)."""
 
 
 def _jsonable(value: Any) -> Any:
@@ -95,6 +101,7 @@ class PredictionWriter:
         self.pred_labels = label_map[split.labels.astype(np.int64)]
         self.metrics = MetricAccumulator(kind)
         self.written = 0
+        self.refused = False  # a block was refused: the prediction is removed, not published
         self.lock = lock  # held from creation until close or abort
         self.group: zarr.Group | None = None
         self._filled = np.zeros(0, dtype=bool)
@@ -107,7 +114,6 @@ class PredictionWriter:
 
     def __enter__(self) -> PredictionWriter:
         n, k = self.split.n, len(self.classes)
-        g = self.root.require_group(f"predictions/{self.name}/{self.split.name}")
         attrs = {
             **self.meta,
             "kind": self.kind,
@@ -117,20 +123,15 @@ class PredictionWriter:
         }
         if self.classes != self.store_classes:
             attrs["classes"] = list(self.classes)
-        g.attrs.put(attrs) if hasattr(g.attrs, "put") else g.attrs.update(attrs)
         if self.kind == "labels":
-            arr = g.create_array(
-                "label", shape=(n,), dtype="int32", chunks=(self.chunk_rows,), compressors=None
-            )
+            array = {"name": "label", "shape": (n,), "dtype": "int32", "chunks": (self.chunk_rows,)}
         else:
-            arr = g.create_array(
-                "scores",
-                shape=(n, k),
-                dtype=self.dtype,
-                chunks=(self.chunk_rows, k),
-                compressors=None,
-            )
-        self.group = g
+            array = {
+                "name": "scores", "shape": (n, k), "dtype": self.dtype,
+                "chunks": (self.chunk_rows, k),
+            }  # fmt: skip
+        path = f"predictions/{self.name}/{self.split.name}"
+        self.group, arr = create_group_with_array(self.root, path, attrs, array)
         self._data = ChunkGatherer(RowChunks(arr))
         self._filled = np.zeros(n, dtype=bool)
         return self
@@ -145,22 +146,28 @@ class PredictionWriter:
             raise StoreError(f"{self.id}: more rows than the split's {self.split.n} samples")
 
     def _stored(self, block: np.ndarray) -> np.ndarray:
-        """The block as it will be stored, refused if any stored value is NaN or Inf."""
+        """The block as it will be stored; finiteness is checked as it is written (``_finite``)."""
         if self.kind == "labels":
             if block.size and (block.min() < 0 or block.max() >= len(self.classes)):
                 raise StoreError(f"{self.id}: labels outside 0..{len(self.classes) - 1}")
             return np.ascontiguousarray(block, dtype=np.int32)
-        with np.errstate(over="ignore"):  # overflow to float16 Inf is refused just below
-            stored = np.ascontiguousarray(block, dtype=self.dtype)
-        if all_finite(stored):
-            return stored
+        with np.errstate(over="ignore"):  # overflow to float16 Inf is refused by _finite
+            return np.ascontiguousarray(block, dtype=self.dtype)
+
+    @staticmethod
+    def _finite(rows: np.ndarray) -> None:
+        if not all_finite(rows):
+            raise _NotFinite
+
+    def _refusal(self, block: np.ndarray, stored: np.ndarray) -> StoreError:
+        """Why ``stored`` (``block`` as stored) was refused: NaN/Inf, or beyond float16."""
         bad = int((~np.isfinite(stored)).any(axis=1).sum())
         if np.isfinite(block).all():  # finite scores that float16 cannot hold
-            raise StoreError(
+            return StoreError(
                 f"{self.id}: {bad} rows hold scores beyond float16's range (±65504); "
                 "write them with dtype float32, nothing was written"
             )
-        raise StoreError(
+        return StoreError(
             f"{self.id}: {bad} rows hold NaN or Inf scores; the producer "
             "diverged or the import is broken, nothing was written"
         )
@@ -176,7 +183,11 @@ class PredictionWriter:
         self._check_block(block, start)
         stored = self._stored(block)
         data = self._data or self._attached("label" if self.kind == "labels" else "scores")
-        data.put(start, stored)
+        try:
+            data.put(start, stored, None if self.kind == "labels" else self._finite)
+        except _NotFinite:
+            self.refused = True  # chunks of this block may be on disk: never publish
+            raise self._refusal(block, stored) from None
         if data is not self._data:
             data.flush()
         self._update_metrics(start, stored)
@@ -241,8 +252,10 @@ class PredictionWriter:
                 self.lock.release()
 
     def _close(self, exc_type) -> None:
-        if exc_type is not None:
+        if exc_type is not None or self.refused:
             self.abort()
+            if exc_type is None:
+                raise StoreError(f"{self.id}: a block was refused earlier; nothing was written")
             return
         for gatherer in (self._data, self._votes):
             if gatherer is not None:
@@ -253,13 +266,15 @@ class PredictionWriter:
             raise StoreError(f"{self.id}: {missing} of {self.split.n} rows were never written")
         assert self.group is not None
         try:
-            self.group.attrs.update(
+            # one atomic write of zarr.json: the metrics and ``complete`` together
+            self.group = update_group_attrs(
+                self.group,
                 {
                     "metrics": self.metrics.result(),
                     "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                }
+                    "complete": True,
+                },
             )
-            self.group.attrs.update({"complete": True})
         except BaseException:
             with contextlib.suppress(OSError):  # a full or read-only disk may refuse this too
                 self.abort()

@@ -233,7 +233,7 @@ class PredictionStore(StoreRoot):
         if pred.kind not in KINDS or not isinstance(classes, list):
             problem = f"unknown kind {pred.kind!r}" if pred.kind not in KINDS else "bad classes"
             raise self._damaged(what, problem)
-        ids, _, fp = self._split_arrays(pred.split)
+        ids, _, fp, _ = self._split_arrays(pred.split)
         if pred.attrs.get("split_fingerprint") != fp:
             raise AlignmentError(
                 f"{pred.id} was predicted on other samples than split {pred.split!r} "

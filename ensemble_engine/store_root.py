@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.core.array import AsyncArray
+from zarr.core.group import AsyncGroup
+from zarr.core.sync import sync
 
 from .errors import AlignmentError, StoreError
 from .locks import StoreLock
@@ -25,6 +28,26 @@ from .records import (
 )
 
 _REBUILD = "rebuild the store with `ee store init`"
+
+
+async def _split_nodes(root: AsyncGroup, name: str, read_labels: bool) -> tuple[Any, list, Any]:
+    """(``splits/<name>``, [its ``sample_id``, ``label``], the labels or None); None for what
+    is missing. The labels are read only when asked and the ``label`` array is there."""
+
+    async def get(group: AsyncGroup, key: str) -> Any:
+        try:
+            return await group.getitem(key)
+        except KeyError:
+            return None
+
+    g = await get(root, f"splits/{name}")
+    if not isinstance(g, AsyncGroup):
+        return g, [None, None], None
+    arrays = [await get(g, key) for key in ("sample_id", "label")]
+    labels = None
+    if read_labels and isinstance(arrays[1], AsyncArray) and len(arrays[1].shape) == 1:
+        labels = await arrays[1].getitem(slice(None))
+    return g, arrays, labels
 
 
 class StoreRoot:
@@ -149,43 +172,49 @@ class StoreRoot:
         g.attrs.update({"fingerprint": fp, "n": len(ids)})
         return fp
 
-    def _split_arrays(self, name: str) -> tuple[zarr.Array, zarr.Array, str]:
-        """The split's ``sample_id`` and ``label`` arrays (metadata only) and its fingerprint.
+    def _split_arrays(
+        self, name: str, *, read_labels: bool = False
+    ) -> tuple[zarr.Array, zarr.Array, str, np.ndarray | None]:
+        """The split's ``sample_id`` and ``label`` arrays (metadata only), its fingerprint, and
+        with ``read_labels`` the labels themselves.
 
-        One lookup per array and none of the listing ``split_names`` does: a writer and every
-        read check a split, and each zarr lookup is a round trip through zarr's event loop.
+        The lookups (and the labels' read) run as one call into zarr's event loop: each crossing
+        costs about a millisecond, and a writer and every read check a split.
         """
         what = f"split {name}"
         with self._reading(what, _REBUILD):
-            g = self.group.get(f"splits/{name}") if valid_name(name) else None
-            if not isinstance(g, zarr.Group):
+            g, arrays, labels = (
+                sync(_split_nodes(self.group._async_group, name, read_labels))
+                if valid_name(name)
+                else (None, [None, None], None)
+            )
+            if not isinstance(g, AsyncGroup):
                 known = ", ".join(self.split_names()) or "none"
                 raise StoreError(
                     f"store {self.path} has no split {name!r} (splits: {known}); "
                     "register it with `ee store init STORE --data DIR`"
                 )
-            arrays = [g.get(key) for key in ("sample_id", "label")]
             fingerprint = g.attrs.get("fingerprint")
         for key, arr in zip(("sample_id", "label"), arrays, strict=True):
-            if not isinstance(arr, zarr.Array):
+            if not isinstance(arr, AsyncArray):
                 raise self._damaged(what, f"no {key} array", _REBUILD)
         if not isinstance(fingerprint, str):
             raise self._damaged(what, "no fingerprint in its attrs", _REBUILD)
-        ids, labels = arrays
-        if len(ids.shape) != 1 or tuple(labels.shape) != tuple(ids.shape):
-            problem = f"label of shape {list(labels.shape)}, sample_id of {list(ids.shape)}"
+        ids, lab = zarr.Array(arrays[0]), zarr.Array(arrays[1])
+        if len(ids.shape) != 1 or tuple(lab.shape) != tuple(ids.shape):
+            problem = f"label of shape {list(lab.shape)}, sample_id of {list(ids.shape)}"
             raise self._damaged(what, problem, _REBUILD)
-        return ids, labels, fingerprint
+        return ids, lab, fingerprint, None if labels is None else np.asarray(labels)
 
     def split_header(self, name: str) -> SplitHeader:
         """The split's labels and fingerprint, without reading its sample ids."""
-        _, labels, fingerprint = self._split_arrays(name)
-        with self._reading(f"split {name}", _REBUILD):
-            return SplitHeader(name, np.asarray(labels[:]), fingerprint)
+        _, _, fingerprint, labels = self._split_arrays(name, read_labels=True)
+        assert labels is not None
+        return SplitHeader(name, labels, fingerprint)
 
     def split(self, name: str) -> Split:
         """The split with its sample ids (see ``split_header`` where the ids are not needed)."""
-        ids_arr, labels_arr, fingerprint = self._split_arrays(name)
+        ids_arr, labels_arr, fingerprint, _ = self._split_arrays(name)
         with self._reading(f"split {name}", _REBUILD):
             ids = np.array([str(x) for x in ids_arr[:]], dtype=object)
             labels = np.asarray(labels_arr[:])

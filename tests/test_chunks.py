@@ -108,9 +108,9 @@ def test_gatherer_writes_a_block_of_whole_chunks_at_once_and_gathers_the_ends(tm
     written = []
     original = gatherer.chunks.write_chunks
 
-    def counting(first: int, rows: np.ndarray) -> None:
+    def counting(first: int, rows: np.ndarray, check=None) -> None:
         written.append((first, len(rows)))
-        original(first, rows)
+        original(first, rows, check)
 
     gatherer.chunks.write_chunks = counting
     gatherer.put(0, data[:10])  # gathered in chunk 0 (rows 0..24)
