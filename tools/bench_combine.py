@@ -11,6 +11,9 @@ the fit split) and test), then runs, each phase in a fresh process so its peak R
   cores and on one; the faster is the bound, and the time the soft vote's work takes at it;
 - soft vote: one soft_vote node over every input on val and test, through the graph engine;
 - seed graph: the shipped ``vipriors2021`` graph, then once more unchanged (the cache);
+- the soft vote and the first seed graph import torch before their clock starts (about 2 s
+  here, once per process, printed), as the bound does; the unchanged re-run does not (a cached
+  re-run never loads torch, and is timed as a user waits for it);
 - curve: soft vote time over 22/44/66 inputs (the inputs of 1, 2, 3 test sizes; val split)
   and over rows/4, rows/2, rows (22 inputs), to show it is linear.
 
@@ -170,11 +173,26 @@ def bound(n_inputs: int, classes: int, threads: int) -> dict:
 
 
 def run_graph(
-    store: str, text: str | None, name: str, force: bool = True, workers: int = 1
+    store: str,
+    text: str | None,
+    name: str,
+    force: bool = True,
+    workers: int = 1,
+    warm: bool = True,
 ) -> dict:
-    """Plan and execute a graph (``text`` or a shipped graph ``name``); seconds of each."""
+    """Plan and execute a graph (``text`` or a shipped graph ``name``); seconds of each.
+
+    ``warm`` imports torch first, off the clock (``import_s``): a process pays it once, at its
+    first soft vote, and the bound it is compared with is timed after it too.
+    """
     from ensemble_engine.graph import execute, load_graph, plan
     from ensemble_engine.store import open_store
+
+    t = time.perf_counter()
+    if warm:
+        import torch  # noqa: F401
+
+    import_s = time.perf_counter() - t
 
     st = open_store(store, "a")
     if text is not None:
@@ -187,6 +205,7 @@ def run_graph(
     results = execute(p, st, force=force, **({"workers": workers} if workers > 1 else {}))
     t2 = time.perf_counter()
     return {
+        "import_s": import_s,
         "plan_s": t1 - t0,
         "run_s": t2 - t1,
         "seconds": t2 - t0,
@@ -262,7 +281,7 @@ def report(store: str, rows: int, k: int, n_in: int, curve: list[int], workers: 
     graph = soft_vote_graph("bench_all", "val", ["test"], SIZES)
     soft = in_child(run_graph, store, graph, "all", True, workers)
     seed = in_child(run_graph, store, None, "vipriors2021", True, workers)
-    cache = in_child(run_graph, store, None, "vipriors2021", False)
+    cache = in_child(run_graph, store, None, "vipriors2021", False, 1, False)  # as a user sees
     elements = n_in * rows * k * 2  # every input on val and test
     print(
         f"compute bound (torch softmax + weighted sum, float32 in memory): "
@@ -273,6 +292,7 @@ def report(store: str, rows: int, k: int, n_in: int, curve: list[int], workers: 
         print(
             f"{what:17s} {r['seconds']:8.2f} s (plan {r['plan_s']:.2f} s)  "
             f"{r['nodes']} nodes, {r['cached']} cached  peak RSS {r['rss_mb']:6.0f} MB"
+            + (f"; torch imported first in {r['import_s']:.1f} s" if r["import_s"] > 0.05 else "")
             + (f" (+ workers, each <= {r['workers_rss_mb']:.0f} MB)" if workers > 1 else "")
         )
     if curve:
