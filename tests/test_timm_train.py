@@ -487,6 +487,29 @@ def test_checkpoint_saver_writes_snapshots_in_order_and_reports_failures(tmp_pat
         raise KeyError("training failed")
 
 
+def test_snapshots_reuse_their_memory_epoch_after_epoch():
+    from ee_timm.saver import CheckpointSaver, host_copy
+
+    buffers: dict = {}
+    live = {"model": {"w": torch.arange(4.0), "b": torch.ones(2)}, "epoch": 1}
+    first = host_copy(live, buffers)
+    live["model"]["w"] += 10  # training changes the live tensors in place
+    second = host_copy(live, buffers)
+    assert second["model"]["w"].data_ptr() == first["model"]["w"].data_ptr()  # same memory
+    assert second["model"]["w"].tolist() == [10.0, 11.0, 12.0, 13.0]
+    assert second["model"]["w"].data_ptr() != live["model"]["w"].data_ptr()
+    live["model"]["w"] = torch.zeros(5)  # another shape: a new buffer, kept from now on
+    third = host_copy(live, buffers)
+    assert third["model"]["w"].tolist() == [0.0] * 5 and third["model"]["b"].tolist() == [1, 1]
+    seen = []
+    with CheckpointSaver() as saver:  # each write sees its own epoch's values
+        for epoch in range(3):
+            live["model"]["w"].fill_(epoch)
+            saver.submit(lambda s: seen.append((s["model"]["w"].tolist(), s["epoch"])), live)
+            live["epoch"] += 1
+    assert seen == [([0.0] * 5, 1), ([1.0] * 5, 2), ([2.0] * 5, 3)]
+
+
 def test_producer_registers_splits_and_trains(tiny_digits, tmp_path):
     from ensemble_engine.plugins import get_host
     from ensemble_engine.store import open_store

@@ -11,7 +11,9 @@ epoch. Only the loop differs: the engine adds its divergence check (a read of th
 every step on CPU, every 50 steps on CUDA), progress bars (drawn to an off-screen terminal, so
 they cost what they cost live), top-1/top-5/loss metrics, and ``last.pth``/``best.pth``
 checkpoints and ``summary.csv`` (written by a background thread; the run waits for the last
-epoch's before it ends, and so does the timing). On CPU both
+epoch's before it ends, and so does the timing). The engine keeps the validation batches after
+the first epoch (``ee_timm.loaders.ReplayBatches``) where the plain loop, as a hand-written one
+does, reads its validation loader every epoch. On CPU both
 runs end with the same weights, which the script checks: the work is the same, the time apart
 is the engine's. Runs alternate (engine, plain, plain, engine, ...) and the best of N counts,
 so background load on the machine hits both sides alike; each is timed on the wall clock and in
