@@ -46,7 +46,7 @@ from .progress import TrainProgress, summary_table
 from .readings import READ_EVERY, DivergedError, LossWatch, evaluate, evaluation_sums, percentages
 from .recipe import WEIGHT_NEUTRAL, Recipe
 from .saver import CheckpointSaver
-from .transforms import batch_mixer, eval_transform, train_transform
+from .transforms import batch_mixer, eval_transform, train_transform_split
 
 __all__ = ["DivergedError", "TrainResult", "build_model", "evaluate", "resolve_device", "train"]
 
@@ -148,6 +148,7 @@ class _Session:
         self.ema = ModelEmaV3(self.model, decay=recipe.ema_decay) if recipe.ema else None
         self.loss_fn = create_loss(recipe.loss, **recipe.loss_params).to(device)
         self.mixer = batch_mixer(recipe, num_classes)
+        self.per_image, self.per_batch = train_transform_split(recipe)
         self.generator = torch.Generator().manual_seed(recipe.seed)
         self.state: dict[str, Any] = {"epoch": 0, "history": [], "best_top1": None, "best_epoch": 0}
 
@@ -196,6 +197,8 @@ class _Session:
         for step, (images, targets) in enumerate(loader):
             images = images.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
+            if self.per_batch is not None:  # uint8 from the loader: normalised here, at once
+                images = self.per_batch(images)
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             if self.mixer is not None:
@@ -272,7 +275,7 @@ def train(
         shard = ShardedSeededSampler(len(train_samples), group.rank, group.size, recipe.seed)
         val_share = list(val_samples)[group.rank :: group.size]  # summed over ranks
     loader = train_loader(
-        train_samples, train_transform(recipe), batch_size=recipe.batch_size,
+        train_samples, run.per_image, batch_size=recipe.batch_size,
         workers=recipe.workers, generator=run.generator, pin_memory=run.cuda, shard=shard,
     )  # fmt: skip
     val_loader = eval_loader(
