@@ -98,12 +98,15 @@ class BatchNormalize:
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype != torch.uint8:
             raise TypeError(f"BatchNormalize takes uint8 images, not {images.dtype}")
         x = images.to(torch.float32).div_(255)
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        if x.device not in self._on:  # copied once per device: no host-to-device copy per batch
+            self._on[x.device] = (self.mean.to(x.device), self.std.to(x.device))
+        mean, std = self._on[x.device]
         return x.sub_(mean).div_(std)
 
 
