@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +49,9 @@ if TYPE_CHECKING:
 
     from ensemble_engine.store import PredictionStore
 
-__all__ = ["forward_views", "predict_sizes", "predict_split", "view_prediction_name"]
+__all__ = [
+    "PredictOptions", "forward_views", "predict_sizes", "predict_split", "view_prediction_name",
+]  # fmt: skip
 
 
 def _check_samples(store: PredictionStore, split: str, samples: Sequence[Sample]) -> None:
@@ -62,6 +65,33 @@ def _check_samples(store: PredictionStore, split: str, samples: Sequence[Sample]
         )
 
 
+@dataclass(frozen=True)
+class PredictOptions:
+    """How a split is predicted: ``predict_split``'s keywords beyond what and where.
+
+    ``merge`` (how views combine), ``batch_size``, ``device`` (default: CUDA when there is one),
+    ``crop_pct``/``interpolation``/``mean``/``std`` (default: the model's own, see
+    ``evaldata.eval_config``), loader ``workers``, the views' random ``seed``, extra ``meta`` for
+    the prediction, ``replace`` an existing one, ``keep_views`` (each view's own logits too),
+    ``classes`` (the model's class space where it is not the store's), stored ``dtype``.
+    """
+
+    merge: str = DEFAULT_MERGE
+    batch_size: int = 64
+    device: str | torch.device | None = None
+    crop_pct: float | None = None
+    interpolation: str | None = None
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+    workers: int = 0
+    seed: int = 0
+    meta: Mapping[str, Any] | None = None
+    replace: bool = False
+    keep_views: bool = False
+    classes: Sequence[str] | None = None
+    dtype: str = "float16"
+
+
 def predict_split(
     model: torch.nn.Module,
     samples: Sequence[Sample],
@@ -71,30 +101,17 @@ def predict_split(
     split: str,
     test_size: int,
     views: Sequence[ViewRequest],
-    merge: str = DEFAULT_MERGE,
-    batch_size: int = 64,
-    device: str | torch.device | None = None,
-    crop_pct: float | None = None,
-    interpolation: str | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    workers: int = 0,
-    seed: int = 0,
-    meta: Mapping[str, Any] | None = None,
-    replace: bool = False,
-    keep_views: bool = False,
-    classes: Sequence[str] | None = None,
-    dtype: str = "float16",
     console: Console | None = None,
     progress: Progress | None = None,
     group: Group | None = None,
+    **options: Any,
 ) -> list[str]:
     """Predict one split at one test size with TTA, streaming into ``store``; returns the ids.
 
-    ``samples`` must be the split's images in the order the store registered them. ``classes``
-    is the model's class space where it is not the store's (a class-subset model). The
-    prediction's metadata is ``meta`` plus ``test_size``, ``tta`` (view labels), ``merge``,
-    ``tta_seed``, ``batch_size``, ``crop_pct`` and ``interpolation``.
+    ``samples`` must be the split's images in the order the store registered them. ``options``
+    are ``PredictOptions``' fields (an unknown one is a TypeError). The prediction's metadata is
+    ``meta`` plus ``test_size``, ``tta`` (view labels), ``merge``, ``tta_seed``, ``batch_size``,
+    ``crop_pct`` and ``interpolation``.
 
     With a ``group`` of several processes (torchrun's ranks, each with its own device), every
     rank calls this with the same arguments and predicts its own whole chunks of rows, chunks
@@ -102,11 +119,8 @@ def predict_split(
     split's batch index, so the scores are those of a single process.
     """
     ids = _predict_split_sizes(
-        model, samples, {test_size: name}, store=store, split=split, views=views, merge=merge,
-        batch_size=batch_size, device=device, crop_pct=crop_pct, interpolation=interpolation,
-        mean=mean, std=std, workers=workers, seed=seed, meta=meta, replace=replace,
-        keep_views=keep_views, classes=classes, dtype=dtype, console=console, progress=progress,
-        group=group,
+        model, samples, {test_size: name}, store=store, split=split, views=views,
+        options=PredictOptions(**options), console=console, progress=progress, group=group,
     )  # fmt: skip
     return ids[test_size]
 
@@ -121,27 +135,29 @@ def predict_sizes(
     store: PredictionStore,
     name: str,
     console: Console | None = None,
+    group: Group | None = None,
     **options: Any,
 ) -> list[str]:
     """Predict every split at every test size as ``<name>-s<size>``; returns all ids written,
     size by size, split by split.
 
-    ``options`` are ``predict_split``'s keywords. Each split is read once for all sizes (an
-    image is decoded once and resized to each), and gives the scores that ``predict_split``
-    gives at each size on its own. Every size is checked before any is predicted, so a
-    fixed-size backbone fails before it spends time on the sizes it can take.
+    ``options`` are ``PredictOptions``' fields, as for ``predict_split``. Each split is read
+    once for all sizes (an image is decoded once and resized to each), and gives the scores that
+    ``predict_split`` gives at each size on its own. Every size is checked before any is
+    predicted, so a fixed-size backbone fails before it spends time on the sizes it can take.
     """
     for size in sizes:
         check_test_size(model, size)
     if len(set(sizes)) != len(sizes):
         raise RecipeError(f"test sizes {list(sizes)} repeat a size; list each size once")
     names = {size: f"{name}-s{size}" for size in sizes}
+    settings = PredictOptions(**options)
     by_split: dict[str, dict[int, list[str]]] = {}
     with progress_bar(console) as bars:
         for split in splits:
             by_split[split] = _predict_split_sizes(
                 model, source.samples(split), names, store=store, split=split, views=views,
-                progress=bars, **options,
+                options=settings, progress=bars, group=group,
             )  # fmt: skip
     return [i for size in sizes for split in splits for i in by_split[split][size]]
 
@@ -154,41 +170,32 @@ def _predict_split_sizes(
     store: PredictionStore,
     split: str,
     views: Sequence[ViewRequest],
-    merge: str = DEFAULT_MERGE,
-    batch_size: int = 64,
-    device: str | torch.device | None = None,
-    crop_pct: float | None = None,
-    interpolation: str | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    workers: int = 0,
-    seed: int = 0,
-    meta: Mapping[str, Any] | None = None,
-    replace: bool = False,
-    keep_views: bool = False,
-    classes: Sequence[str] | None = None,
-    dtype: str = "float16",
+    options: PredictOptions,
     console: Console | None = None,
     progress: Progress | None = None,
     group: Group | None = None,
 ) -> dict[int, list[str]]:
     """``predict_split`` at every test size of ``names`` (size → prediction name) in one read
     of the split; the ids by size."""
+    o = options
+    merge, batch_size, seed, dtype, classes = o.merge, o.batch_size, o.seed, o.dtype, o.classes
     kind = merge_kind(merge)
     for size in names:
         check_test_size(model, size)
     if batch_size < 1:
         raise RecipeError(f"batch size must be >= 1, got {batch_size}")
-    cfg = eval_config(model, crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std)
+    cfg = eval_config(
+        model, crop_pct=o.crop_pct, interpolation=o.interpolation, mean=o.mean, std=o.std
+    )
     built = build_views(views, mean=cfg.mean, std=cfg.std)
     _check_samples(store, split, samples)
     n_classes = len(classes) if classes is not None else len(store.classes)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(o.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     sizes = list(names)
 
     facts = {
         size: {
-            **dict(meta or {}),
+            **dict(o.meta or {}),
             "test_size": size,
             "tta": list(built),
             "tta_seed": seed,
@@ -198,19 +205,19 @@ def _predict_split_sizes(
         }
         for size in sizes
     }
-    kept = list(built) if keep_views else []
-    options: dict[str, Any] = {"classes": classes, "dtype": dtype, "replace": replace}
+    kept = list(built) if o.keep_views else []
+    writing: dict[str, Any] = {"classes": classes, "dtype": dtype, "replace": o.replace}
     batches = SplitBatches(
         model, samples, [cfg.transform(size) for size in sizes], built, merge=merge, kept=kept,
         names=[names[size] for size in sizes], split=split,
-        batch_size=batch_size, device=dev, workers=workers, seed=seed, n_classes=n_classes,
+        batch_size=batch_size, device=dev, workers=o.workers, seed=seed, n_classes=n_classes,
     )  # fmt: skip
     label = f"{' '.join(names.values())} / {split} [{' '.join(built)}]"
     if len(sizes) == 1:
         label = f"{names[sizes[0]]}/{split} s{sizes[0]} [{' '.join(built)}]"
     opener = partial(open_writers, store, names, split, kind, merge, facts, kept)
     if group is not None and group.size > 1:
-        options["chunk_rows"] = shard_chunk_rows(
+        writing["chunk_rows"] = shard_chunk_rows(
             len(samples), chunk_rows_for(n_classes, np.dtype(dtype).itemsize), batch_size,
             group.size,
         )  # fmt: skip
@@ -223,9 +230,9 @@ def _predict_split_sizes(
             for rows_out in chunked.values():
                 rows_out.flush()
 
-        written = write_sharded(store, group, partial(opener, **options), fill)
+        written = write_sharded(store, group, partial(opener, **writing), fill)
     else:
-        writers = opener(**options)
+        writers = opener(**writing)
         with contextlib.ExitStack() as stack:
             for writer in writers.values():
                 stack.enter_context(writer)
