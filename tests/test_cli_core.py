@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -192,3 +194,22 @@ def test_debug_shows_the_traceback(tmp_path, run_cli):
     res = run_cli("--debug", "ls", tmp_path / "missing.zarr")
     assert res.exit_code != 0
     assert res.exception is not None and "no prediction store" in str(res.exception)
+
+
+@pytest.mark.parametrize("args", [["--version"], ["ls", "missing.zarr"]])
+def test_the_command_line_freezes_what_is_alive_before_the_interpreter_exits(tmp_path, args):
+    # gc.freeze spares the interpreter's last collections a walk over everything imported
+    # (over a second after torch and timm); it must happen on success and on error alike
+    code = (
+        "import atexit, gc, sys\n"
+        "atexit.register(lambda: print('frozen', gc.get_freeze_count()))\n"
+        "from ensemble_engine.cli import main\n"
+        f"sys.argv = ['ee', *{args!r}]\n"
+        "main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == (0 if args == ["--version"] else 2), done.stderr
+    frozen = [line for line in done.stdout.splitlines() if line.startswith("frozen")]
+    assert len(frozen) == 1 and int(frozen[0].split()[1]) > 1000, done.stdout
