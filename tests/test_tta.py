@@ -23,6 +23,7 @@ from ee_tta import (
 )
 from ee_tta.evaldata import SplitImages, batch_parts, eval_config, size_batches
 from ee_tta.views import ColorJitter, GaussNoise, Rotate, from_pixels, to_pixels
+from PIL import Image
 from rich.console import Console
 from torch.utils.data import DataLoader
 from torchvision import transforms
@@ -348,20 +349,61 @@ def test_batch_parts_cut_each_batch_without_crossing_it():
     assert batch_parts(0, 8, 4) == []
 
 
+@pytest.mark.parametrize("uint8", [False, True], ids=["float", "uint8"])
 @pytest.mark.parametrize("workers", [0, 2])
-def test_size_batches_are_the_whole_batch_loaders_tensors(timm_net, digits, workers):
+def test_size_batches_are_the_whole_batch_loaders_tensors(timm_net, digits, workers, uint8):
+    # uint8: the loader stops at uint8 images and each batch is normalised after, bit for bit
     samples = digits.samples("train")  # 30 images in batches of 7: 7, 7, 7, 7, 2
     cfg = eval_config(timm_net)
-    transforms_ = [cfg.transform(size) for size in (16, 24)]
+    whole = [cfg.transform(size) for size in (16, 24)]
+    transforms_, normalize = cfg.loader_transforms([16, 24]) if uint8 else (whole, None)
+    assert (normalize is not None) == uint8
     got = list(
         size_batches(
-            samples, transforms_, batch_size=7, workers=workers, device=torch.device("cpu")
+            samples,
+            transforms_,
+            batch_size=7,
+            workers=workers,
+            device=torch.device("cpu"),
+            normalize=normalize,
         )
     )
-    for i, transform in enumerate(transforms_):
+    for i, transform in enumerate(whole):
         expected = list(DataLoader(SplitImages(samples, transform), batch_size=7))
         assert [len(b[i]) for b in got] == [7, 7, 7, 7, 2]
+        assert all(b[i].dtype == torch.float32 for b in got)
         assert all(torch.equal(b[i], e) for b, e in zip(got, expected, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("crop_pct", "interpolation", "size"),
+    [(0.875, "bilinear", 32), (1.0, "bicubic", 24), (0.95, "bicubic", 41)],
+)
+def test_split_eval_transform_gives_the_same_floats_bit_for_bit(crop_pct, interpolation, size):
+    cfg = eval_config(
+        tiny_net(), crop_pct=crop_pct, interpolation=interpolation,
+        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+    )  # fmt: skip
+    per_image, normalize = cfg.split_transform(size)
+    assert normalize is not None
+    rng = np.random.default_rng(5)
+    pictures = [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        for h, w in ((50, 37), (size, size), (9, 70))
+    ]
+    parts = [per_image(p) for p in pictures]
+    assert all(p.dtype == torch.uint8 and p.shape == (3, size, size) for p in parts)
+    expected = torch.stack([cfg.transform(size)(p) for p in pictures])
+    assert torch.equal(normalize(torch.stack(parts)), expected)
+
+
+def test_eval_transform_that_does_not_end_in_normalise_is_not_cut(monkeypatch):
+    cfg = eval_config(tiny_net())
+    monkeypatch.setattr(type(cfg), "transform", lambda self, size: transforms.Resize(size))
+    per_image, normalize = cfg.split_transform(16)
+    assert normalize is None and isinstance(per_image, transforms.Resize)
+    whole, normalize = cfg.loader_transforms([16, 24])
+    assert normalize is None and [t.size for t in whole] == [16, 24]
 
 
 def test_predict_sizes_equals_predict_split_size_by_size(digits, store):

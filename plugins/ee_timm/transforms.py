@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
+from ee_data.batches import BatchNormalize
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
 from timm.data.auto_augment import (
     augment_and_mix_transform,
@@ -89,25 +90,6 @@ def train_transform_split(recipe: Recipe) -> tuple[T.Compose, BatchNormalize | N
     if recipe.noise > 0:
         return train_transform(recipe), None
     return T.Compose([*_augmentations(recipe), T.PILToTensor()]), BatchNormalize(MEAN, STD)
-
-
-class BatchNormalize:
-    """uint8 images [N, 3, H, W] → ``Normalize(mean, std)(ToTensor()(image))`` of each, bit
-    for bit: the same float32 operations (÷ 255, − mean, ÷ std) on the whole batch."""
-
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dtype != torch.uint8:
-            raise TypeError(f"BatchNormalize takes uint8 images, not {images.dtype}")
-        x = images.to(torch.float32).div_(255)
-        if x.device not in self._on:  # copied once per device: no host-to-device copy per batch
-            self._on[x.device] = (self.mean.to(x.device), self.std.to(x.device))
-        mean, std = self._on[x.device]
-        return x.sub_(mean).div_(std)
 
 
 def _augmentations(recipe: Recipe) -> list[Callable]:

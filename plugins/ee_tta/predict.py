@@ -207,10 +207,11 @@ def _predict_split_sizes(
     }
     kept = list(built) if o.keep_views else []
     writing: dict[str, Any] = {"classes": classes, "dtype": dtype, "replace": o.replace}
+    per_image, normalize = cfg.loader_transforms(sizes)  # uint8 from the loader, normalised after
     batches = SplitBatches(
-        model, samples, [cfg.transform(size) for size in sizes], built, merge=merge, kept=kept,
-        names=[names[size] for size in sizes], split=split,
-        batch_size=batch_size, device=dev, workers=o.workers, seed=seed, n_classes=n_classes,
+        model, samples, per_image, built, merge=merge, kept=kept,
+        names=[names[size] for size in sizes], split=split, batch_size=batch_size, device=dev,
+        workers=o.workers, seed=seed, n_classes=n_classes, normalize=normalize,
     )  # fmt: skip
     label = f"{' '.join(names.values())} / {split} [{' '.join(built)}]"
     if len(sizes) == 1:

@@ -115,6 +115,7 @@ class SplitBatches:
     workers: int
     seed: int
     n_classes: int
+    normalize: Callable[[torch.Tensor], torch.Tensor] | None = None  # for uint8 transforms
 
     def run(
         self,
@@ -136,7 +137,7 @@ class SplitBatches:
             self.model.to(memory_format=torch.channels_last)
         loaded = size_batches(
             self.samples[rows.start : rows.stop], self.transforms, batch_size=self.batch_size,
-            workers=self.workers, device=self.device,
+            workers=self.workers, device=self.device, normalize=self.normalize,
         )  # fmt: skip
         on_host = _HostBlocks(emit, lag=1 if cuda else 0)
         view_index = {label: i for i, label in enumerate(self.views)}
