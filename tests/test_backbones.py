@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 from ee_timm.backbones import BACKBONE_ALIASES, min_input_size
+from ee_timm.builders import build_model, build_optimizer
 from ee_timm.recipe import resolve_recipe
-from ee_timm.train import build_model, build_optimizer
 
 from ensemble_engine.losses import create_loss
 

@@ -63,6 +63,7 @@ def test_batch_normalize_by_hand_and_refuses_floats():
 
 
 def test_training_ends_with_the_same_weights_either_way(tmp_path, monkeypatch):
+    import ee_timm.session as session_module
     import ee_timm.train as train_module
     from ee_data import ImageFolderSource
 
@@ -79,7 +80,7 @@ def test_training_ends_with_the_same_weights_either_way(tmp_path, monkeypatch):
     for split in (True, False):
         if not split:  # the whole transform per image, as before the cut
             monkeypatch.setattr(
-                train_module, "train_transform_split", lambda r: (train_transform(r), None)
+                session_module, "train_transform_split", lambda r: (train_transform(r), None)
             )
         quiet, run_dir = Console(quiet=True), tmp_path / f"run-{split}"
         result = train_module.train(recipe, train_s, val_s, source.classes, run_dir, console=quiet)

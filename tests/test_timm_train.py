@@ -10,11 +10,12 @@ import pytest
 import torch
 import yaml
 from ee_timm.backbones import BACKBONE_ALIASES, timm_model_names
+from ee_timm.builders import build_model, build_optimizer, build_scheduler
 from ee_timm.checkpoint import SUMMARY_COLUMNS, load_checkpoint
 from ee_timm.loaders import train_loader
 from ee_timm.producer import TimmProducer, training_samples
 from ee_timm.recipe import Recipe, resolve_recipe
-from ee_timm.train import DivergedError, build_model, build_optimizer, build_scheduler, train
+from ee_timm.train import DivergedError, train
 from ee_timm.transforms import GaussianNoise, batch_mixer, eval_transform, train_transform
 from helpers import small_digits
 from PIL import Image
@@ -373,7 +374,7 @@ def test_resume_ends_with_the_same_weights(finished_run, tiny_digits, tmp_path):
 
 
 def test_diverging_loss_stops_before_writing(tiny_digits, tmp_path, monkeypatch):
-    import ee_timm.train as train_module
+    import ee_timm.session as session_module
 
     class NanLoss(torch.nn.Module):
         def forward(self, logits, target):
@@ -382,7 +383,7 @@ def test_diverging_loss_stops_before_writing(tiny_digits, tmp_path, monkeypatch)
     def nan_loss(name, **params):
         return NanLoss()
 
-    monkeypatch.setattr(train_module, "create_loss", nan_loss)
+    monkeypatch.setattr(session_module, "create_loss", nan_loss)
     recipe = digits(**FAST)
     train_s, val_s = training_samples(tiny_digits, recipe)
     with pytest.raises(DivergedError, match="diverged.*epoch 1, batch 1.*--lr"):
@@ -393,7 +394,7 @@ def test_diverging_loss_stops_before_writing(tiny_digits, tmp_path, monkeypatch)
 def test_deferred_loss_reading_still_stops_before_writing(tiny_digits, tmp_path, monkeypatch):
     # As on a GPU: the loss is read at the first step and then every 4 steps. It turns NaN at
     # batch 2; the reading of steps 2-5 finds it and names batch 2, before any file is written.
-    import ee_timm.train as train_module
+    import ee_timm.session as session_module
 
     class NanFromSecondCall(torch.nn.Module):
         calls = 0
@@ -403,8 +404,8 @@ def test_deferred_loss_reading_still_stops_before_writing(tiny_digits, tmp_path,
             loss = torch.nn.functional.cross_entropy(logits, target.argmax(-1))
             return loss * float("nan") if NanFromSecondCall.calls >= 2 else loss
 
-    monkeypatch.setattr(train_module, "create_loss", lambda name, **params: NanFromSecondCall())
-    monkeypatch.setattr(train_module._Session, "read_every", 4)
+    monkeypatch.setattr(session_module, "create_loss", lambda name, **params: NanFromSecondCall())
+    monkeypatch.setattr(session_module.TrainingSession, "read_every", 4)
     recipe = digits(**FAST)  # 40 train images in batches of 8: 5 steps an epoch
     train_s, val_s = training_samples(tiny_digits, recipe)
     with pytest.raises(DivergedError, match="loss is nan at epoch 1, batch 2;"):

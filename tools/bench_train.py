@@ -43,9 +43,11 @@ from typing import Any
 import torch
 from ee_data import ImageFolderSource, write_digits
 from ee_timm import checkpoint as ck
+from ee_timm.builders import build_model, build_optimizer, build_scheduler
 from ee_timm.loaders import eval_loader, train_loader
 from ee_timm.recipe import Recipe, resolve_recipe
-from ee_timm.train import _Session, build_model, build_optimizer, build_scheduler, train
+from ee_timm.session import TrainingSession
+from ee_timm.train import train
 from ee_timm.transforms import eval_transform, train_transform
 from rich.console import Console
 
@@ -212,7 +214,7 @@ def engine_steps(recipe: Recipe, batches: Sequence[tuple[torch.Tensor, torch.Ten
     """Seconds for the engine's training epoch (``recipe``'s AMP and layout) over ``batches``."""
     device = torch.device(recipe.device)
     tick = clock(device)
-    run = _Session(recipe, 1000, device)
+    run = TrainingSession(recipe, 1000, device)
     run.train_epoch(batches[:5], 0, _NoProgress())  # warm-up: cuDNN algorithms, autocast caches
     start = tick()
     run.train_epoch(batches, 0, _NoProgress())

@@ -176,9 +176,9 @@ def tta(work: Path, device: str, cfg: dict[str, Any]) -> dict[str, Any]:
     """The trained checkpoint through ``predict_split`` on ``device``: 3 sizes x 5 views."""
     import numpy as np
     from ee_data import open_digits
+    from ee_timm.builders import build_model
     from ee_timm.checkpoint import load_checkpoint
     from ee_timm.recipe import resolve_recipe
-    from ee_timm.train import build_model
     from ee_tta import predict_sizes, predict_split
 
     from ensemble_engine.store import open_store

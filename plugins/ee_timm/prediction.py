@@ -65,7 +65,7 @@ class TrainedRun:
 
     def model(self) -> nn.Module:
         """The backbone with the checkpoint's weights, in eval mode."""
-        from .train import build_model
+        from .builders import build_model
 
         model = build_model(self.recipe.replace(init="default"), len(self.classes))
         model.load_state_dict(self.weights)
@@ -240,7 +240,7 @@ def predict_run(
     """
     from ee_tta import predict_sizes
 
-    from .train import resolve_device
+    from .builders import resolve_device
 
     recipe = recipe or run.recipe
     classes = check_classes(run, source)

@@ -24,6 +24,7 @@ from ensemble_engine.producer import Producer, ProduceRequest
 from ensemble_engine.shards import on_rank0
 from ensemble_engine.store import PredictionStore, check_name, open_store
 
+from .builders import resolve_device
 from .distributed import Launch, TorchGroup, backend_for, process_group, rank_device
 from .prediction import (
     base_name,
@@ -40,7 +41,7 @@ from .specialist import (
     specialist_classes,
     specialist_training_samples,
 )
-from .train import TrainResult, resolve_device, train
+from .train import TrainResult, train
 
 TRAIN_SPLIT = "train"
 VAL_SPLIT = "val"

@@ -20,35 +20,29 @@ convention); validation is shared out and summed, and rank 0 alone writes the ru
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import timm
-import torch
 from rich.console import Console
-from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
-from timm.utils import ModelEmaV3
-from torch import nn
 
 from ensemble_engine.data import Sample
 from ensemble_engine.errors import RecipeError
-from ensemble_engine.losses import create_loss
 
 from . import checkpoint as ck
-from .distributed import TorchGroup, average_batch_norm, wrap_model
+from .builders import resolve_device
+from .distributed import TorchGroup
 from .loaders import REPLAY_BYTES, ShardedSeededSampler, eval_loader, train_loader
 from .progress import TrainProgress, summary_table
-from .readings import READ_EVERY, DivergedError, LossWatch, evaluate, evaluation_sums, percentages
+from .readings import DivergedError
 from .recipe import WEIGHT_NEUTRAL, Recipe
 from .saver import CheckpointSaver
-from .transforms import batch_mixer, eval_transform, train_transform_split
+from .session import TrainingSession
+from .transforms import eval_transform
 
-__all__ = ["DivergedError", "TrainResult", "build_model", "evaluate", "resolve_device", "train"]
+__all__ = ["DivergedError", "TrainResult", "train"]
 
 
 @dataclass
@@ -73,160 +67,6 @@ class TrainResult:
     @property
     def last_path(self) -> Path:
         return self.run_dir / "last.pth"
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` is CUDA when available, else CPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RecipeError(f"device {device!r} needs CUDA, which is not available; use --device cpu")
-    return torch.device(device)
-
-
-def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
-    """The timm backbone, untrained, with Xavier-uniform conv/linear weights unless init=default."""
-    model = timm.create_model(recipe.backbone, pretrained=False, num_classes=num_classes)
-    if recipe.init == "xavier":
-        for module in model.modules():
-            if isinstance(module, nn.Conv2d | nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-    return model
-
-
-def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD with classical momentum (timm's ``momentum``; ``nesterov`` picks timm's ``sgd``)."""
-    return create_optimizer_v2(
-        model,
-        opt="sgd" if recipe.nesterov else "momentum",
-        lr=recipe.lr,
-        weight_decay=recipe.weight_decay,
-        momentum=recipe.momentum,
-    )
-
-
-def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer) -> Any:
-    """timm's cosine schedule with linear warm-up from ``warmup_lr``, stepped per epoch."""
-    scheduler, _ = create_scheduler_v2(
-        optimizer,
-        sched="cosine",
-        num_epochs=recipe.epochs,
-        warmup_epochs=recipe.warmup_epochs,
-        warmup_lr=recipe.warmup_lr,
-        min_lr=recipe.min_lr,
-    )
-    return scheduler
-
-
-class _Session:
-    """The live objects of one run: model, optimiser, schedule, scaler, EMA, loss, RNG."""
-
-    read_every = 1  # steps between readings of the loss: every step on the CPU, where it is free
-
-    def __init__(
-        self,
-        recipe: Recipe,
-        num_classes: int,
-        device: torch.device,
-        group: TorchGroup | None = None,
-    ) -> None:
-        self.recipe, self.device, self.group = recipe, device, group
-        self.cuda = device.type == "cuda"
-        self.channels_last = self.cuda and recipe.channels_last
-        if self.cuda:
-            self.read_every = READ_EVERY
-        ck.seed_everything(recipe.seed)
-        self.model = build_model(recipe, num_classes).to(device)
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.trained = wrap_model(self.model, group)  # what the training steps run
-        self.optimizer = build_optimizer(recipe, self.model)
-        self.scheduler = build_scheduler(recipe, self.optimizer)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda and recipe.amp)
-        self.ema = ModelEmaV3(self.model, decay=recipe.ema_decay) if recipe.ema else None
-        self.loss_fn = create_loss(recipe.loss, **recipe.loss_params).to(device)
-        self.mixer = batch_mixer(recipe, num_classes)
-        self.per_image, self.per_batch = train_transform_split(recipe)
-        self.generator = torch.Generator().manual_seed(recipe.seed)
-        self.state: dict[str, Any] = {"epoch": 0, "history": [], "best_top1": None, "best_epoch": 0}
-
-    @property
-    def evaluated(self) -> nn.Module:
-        """The weights that are validated and kept as best: the EMA's when there is one."""
-        return self.ema.module if self.ema is not None else self.model
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.cuda and self.recipe.amp:
-            return torch.autocast("cuda", dtype=torch.float16)
-        return contextlib.nullcontext()
-
-    def restore(self, saved: dict[str, Any]) -> None:
-        self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        self.scaler.load_state_dict(saved["scaler"])
-        if self.ema is not None:
-            self.ema.load_state_dict(saved["ema"])
-        self.state = {k: saved[k] for k in self.state}
-        self.scheduler.step(self.state["epoch"])
-        ck.restore_rng(saved["rng"], self.generator)
-
-    def checkpoint(self, classes: Sequence[str]) -> dict[str, Any]:
-        return {
-            **self.state, "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "rng": ck.capture_rng(self.generator), "classes": list(classes),
-            "recipe": self.recipe.to_dict(),
-        }  # fmt: skip
-
-    def train_epoch(self, loader: Any, epoch: int, progress: TrainProgress) -> tuple[float, int]:
-        """One pass over ``loader``; returns (mean training loss, images seen), over all ranks.
-
-        On CUDA the loss is read (and checked for divergence) at the first step, every
-        ``read_every`` steps and at the end, not at every step: a per-step read would stall the
-        launch queue. The epoch's files are written only after that last reading.
-        """
-        self.trained.train()
-        lr = self.optimizer.param_groups[0]["lr"]
-        watch = LossWatch(epoch, every=self.read_every)
-        t0, n_images = time.perf_counter(), 0
-        for step, (images, targets) in enumerate(loader):
-            images = images.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
-            if self.per_batch is not None:  # uint8 from the loader: normalised here, at once
-                images = self.per_batch(images)
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            if self.mixer is not None:
-                images, targets = self.mixer(images, targets)
-            with self.autocast():
-                loss = self.loss_fn(self.trained(images), targets)
-            watch.add(loss, len(images))  # on the CPU: checked here, before the step
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if self.ema is not None:
-                self.ema.update(self.model, step=epoch * len(loader) + step + 1)
-            n_images += len(images)
-            progress.batch(watch.last, lr, n_images / (time.perf_counter() - t0))
-        loss_sum, n_images = watch.total()  # every step's loss read and checked
-        if self.group is not None:
-            loss_sum, n = self.group.sum([loss_sum, n_images])
-            n_images = int(n)
-        return loss_sum / max(n_images, 1), n_images
-
-    def validate(self, loader: Any) -> tuple[float, float, float]:
-        """``evaluate`` on ``loader`` (a rank's share of val under torchrun: summed over ranks)."""
-        if self.group is None:
-            return evaluate(self.evaluated, loader, self.device, self.autocast)
-        average_batch_norm([self.model, self.ema.module if self.ema else None], self.group)
-        sums = self.group.sum(evaluation_sums(self.evaluated, loader, self.device, self.autocast))
-        return percentages(*sums)
 
 
 def train(
@@ -256,7 +96,7 @@ def train(
     run_dir, last = Path(run_dir), Path(run_dir) / "last.pth"
     writes = group is None or group.rank == 0
     device = resolve_device(recipe.device) if group is None else group.device
-    run = _Session(recipe, len(classes), device, group)
+    run = TrainingSession(recipe, len(classes), device, group)
     if last.exists():
         if not resume:
             raise RecipeError(

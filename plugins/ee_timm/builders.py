@@ -1,0 +1,66 @@
+"""The parts of a training run made from the recipe: device, backbone, optimiser, schedule.
+
+All from timm's factories: the backbone untrained (``pretrained=False``), Xavier-uniform
+initialised as in the seed unless ``init=default``; SGD with classical momentum (the seed's)
+or Nesterov's (timm's ``sgd``); timm's cosine schedule with linear warm-up, stepped per epoch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import timm
+import torch
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from torch import nn
+
+from ensemble_engine.errors import RecipeError
+
+if TYPE_CHECKING:
+    from .recipe import Recipe
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RecipeError(f"device {device!r} needs CUDA, which is not available; use --device cpu")
+    return torch.device(device)
+
+
+def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
+    """The timm backbone, untrained, with Xavier-uniform conv/linear weights unless init=default."""
+    model = timm.create_model(recipe.backbone, pretrained=False, num_classes=num_classes)
+    if recipe.init == "xavier":
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+    return model
+
+
+def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD with classical momentum (timm's ``momentum``; ``nesterov`` picks timm's ``sgd``)."""
+    return create_optimizer_v2(
+        model,
+        opt="sgd" if recipe.nesterov else "momentum",
+        lr=recipe.lr,
+        weight_decay=recipe.weight_decay,
+        momentum=recipe.momentum,
+    )
+
+
+def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer) -> Any:
+    """timm's cosine schedule with linear warm-up from ``warmup_lr``, stepped per epoch."""
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched="cosine",
+        num_epochs=recipe.epochs,
+        warmup_epochs=recipe.warmup_epochs,
+        warmup_lr=recipe.warmup_lr,
+        min_lr=recipe.min_lr,
+    )
+    return scheduler
