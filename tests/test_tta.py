@@ -21,7 +21,14 @@ from ee_tta import (
     predict_split,
     view_generator,
 )
-from ee_tta.evaldata import SplitImages, batch_parts, eval_config, size_batches
+from ee_tta.evaldata import (
+    SharedBatches,
+    SplitImages,
+    batch_parts,
+    eval_config,
+    group_batches,
+    size_batches,
+)
 from ee_tta.views import ColorJitter, GaussNoise, Rotate, from_pixels, to_pixels
 from PIL import Image
 from rich.console import Console
@@ -404,6 +411,51 @@ def test_eval_transform_that_does_not_end_in_normalise_is_not_cut(monkeypatch):
     assert normalize is None and isinstance(per_image, transforms.Resize)
     whole, normalize = cfg.loader_transforms([16, 24])
     assert normalize is None and [t.size for t in whole] == [16, 24]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_group_batches_read_splits_through_one_loader_as_each_alone(digits, workers):
+    groups = [digits.samples(split) for split in SPLITS]  # 30 and 20 images, batches of 7
+    cfg = eval_config(tiny_net())
+    per_image, normalize = cfg.loader_transforms([16, 24])
+    options = dict(batch_size=7, workers=workers, device=torch.device("cpu"), normalize=normalize)
+    got = list(group_batches(groups, per_image, **options))
+    assert [g for g, _ in got] == [0] * 5 + [1] * 3
+    for index, samples in enumerate(groups):
+        alone = list(size_batches(samples, per_image, **options))
+        mine = [batch for g, batch in got if g == index]
+        assert len(mine) == len(alone)
+        for a, b in zip(mine, alone, strict=True):
+            assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    shared = SharedBatches(groups, per_image, **options)
+    assert shared.counts == [5, 3]
+    with pytest.raises(RuntimeError, match="group 1 asked for while group 0"):
+        next(shared.group(1))
+    shared.close()
+
+
+def test_predict_sizes_starts_one_loader_for_every_split(digits, store, monkeypatch):
+    import ee_tta.evaldata as evaldata
+
+    started = []
+
+    class CountingLoader(DataLoader):
+        def __iter__(self):
+            started.append(len(self.dataset))
+            return super().__iter__()
+
+    monkeypatch.setattr(evaldata, "DataLoader", CountingLoader)
+    options = dict(views=["identity"], batch_size=8, device="cpu", dtype="float32", workers=2)
+    net = tiny_net()
+    predict_sizes(net, digits, SPLITS, [16, 24], store=store, name="one", **options)
+    assert started == [50]  # train and val (30 + 20 images) through one loader, once
+    for split in SPLITS:
+        predict_split(
+            net, digits.samples(split), store=store, name="alone-s16", split=split, test_size=16,
+            **options,
+        )  # fmt: skip
+        np.testing.assert_array_equal(store.read("one-s16", split), store.read("alone-s16", split))
+    assert started == [50, 30, 20]
 
 
 def test_predict_sizes_equals_predict_split_size_by_size(digits, store):

@@ -19,6 +19,7 @@ makes.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -184,29 +185,83 @@ def size_batches(
     batch, on the device. The workers are let go without waiting for them to exit
     (``_let_go``).
     """
+    stream = group_batches(
+        [samples], transforms, batch_size=batch_size, workers=workers, device=device,
+        normalize=normalize,
+    )  # fmt: skip
+    with contextlib.closing(stream):
+        for _, batch in stream:
+            yield batch
+
+
+def group_batches(
+    groups: Sequence[Sequence[Sample]],
+    transforms: Sequence[Callable],
+    *,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Iterator[tuple[int, list[torch.Tensor]]]:
+    """``size_batches`` of several sample lists (a prediction's splits) through one loader,
+    one after the other: ``(group index, batch)``. No batch mixes two groups, and each group's
+    batches are those ``size_batches`` makes of it alone; one set of worker processes serves
+    them all, and reads the next group's first images while the model runs the last of one.
+    """
     finish = normalize or _as_is
     cuda = device.type == "cuda"
-    parts = batch_parts(len(samples), batch_size, workers if workers > 0 else 1)
+    parts: list[list[int]] = []  # the loader's batches: parts of our batches
+    closing: list[tuple[int, bool]] = []  # per part: its group, and whether it ends a batch
+    offset = 0
+    for index, group in enumerate(groups):
+        n = len(group)
+        for run in batch_parts(n, batch_size, workers if workers > 0 else 1):
+            parts.append([offset + i for i in run])
+            closing.append((index, (run[-1] + 1) % batch_size == 0 or run[-1] + 1 == n))
+        offset += n
+    if not parts:
+        return
     loader = DataLoader(
-        SizedImages(samples, transforms),
+        SizedImages([sample for group in groups for sample in group], transforms),
         batch_sampler=parts,
         num_workers=workers,
         pin_memory=cuda,
         prefetch_factor=4 if workers > 0 else None,  # up to 4 batches ahead of the model
     )
     pending: list[list[torch.Tensor]] = []
-    done = rows = 0
     loading = [iter(loader)]
     try:
-        for _ in parts:  # exactly one part each: asking for one more would end the loader here
+        for index, ends_batch in closing:  # one part each: one more would end the loader here
             part = next(loading[0])
             pending.append([images.to(device, non_blocking=True) for images in part])
-            rows += len(part[0])
-            if rows == min(batch_size, len(samples) - done):
-                yield [finish(_join(tensors)) for tensors in zip(*pending, strict=True)]
-                pending, done, rows = [], done + rows, 0
+            if ends_batch:
+                yield index, [finish(_join(tensors)) for tensors in zip(*pending, strict=True)]
+                pending = []
     finally:
         _let_go(loading)
+
+
+class SharedBatches:
+    """``group_batches`` handed out group by group: ``group(i)`` yields group ``i``'s batches.
+
+    The groups are read in order, each to its end, as a prediction goes split by split;
+    ``close`` lets the loader go (also when a group was left unfinished).
+    """
+
+    def __init__(self, groups: Sequence[Sequence[Sample]], transforms: Sequence[Callable],
+                 **options: Any) -> None:  # fmt: skip
+        self.counts = [-(-len(group) // options["batch_size"]) for group in groups]
+        self._stream = group_batches(groups, transforms, **options)
+
+    def group(self, index: int) -> Iterator[list[torch.Tensor]]:
+        for _ in range(self.counts[index]):
+            got, batch = next(self._stream)
+            if got != index:
+                raise RuntimeError(f"group {index} asked for while group {got} is being read")
+            yield batch
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 def _let_go(holder: list[Any]) -> None:

@@ -18,7 +18,7 @@ selection can tell them from the merged prediction).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -31,7 +31,7 @@ from ensemble_engine.errors import AlignmentError, RecipeError
 from ensemble_engine.prediction_io import chunk_rows_for
 from ensemble_engine.shards import ChunkedRows, Group, shard_chunk_rows, write_sharded
 
-from .evaldata import check_test_size, eval_config
+from .evaldata import EvalConfig, SharedBatches, check_test_size, eval_config
 from .merge import DEFAULT_MERGE, merge_kind
 from .streaming import (
     SplitBatches,
@@ -152,14 +152,46 @@ def predict_sizes(
         raise RecipeError(f"test sizes {list(sizes)} repeat a size; list each size once")
     names = {size: f"{name}-s{size}" for size in sizes}
     settings = PredictOptions(**options)
+    samples = {split: source.samples(split) for split in splits}
+    shared = None
+    if group is None or group.size == 1:  # one set of loader workers for every split
+        per_image, normalize = _loader_transforms(model, settings, sizes)
+        shared = SharedBatches(
+            list(samples.values()), per_image, batch_size=settings.batch_size,
+            workers=settings.workers, device=_device(settings), normalize=normalize,
+        )  # fmt: skip
     by_split: dict[str, dict[int, list[str]]] = {}
-    with progress_bar(console) as bars:
-        for split in splits:
-            by_split[split] = _predict_split_sizes(
-                model, source.samples(split), names, store=store, split=split, views=views,
-                options=settings, progress=bars, group=group,
-            )  # fmt: skip
+    try:
+        with progress_bar(console) as bars:
+            for i, split in enumerate(splits):
+                by_split[split] = _predict_split_sizes(
+                    model, samples[split], names, store=store, split=split, views=views,
+                    options=settings, progress=bars, group=group,
+                    loaded=shared.group(i) if shared is not None else None,
+                )  # fmt: skip
+    finally:
+        if shared is not None:
+            shared.close()
     return [i for size in sizes for split in splits for i in by_split[split][size]]
+
+
+def _device(options: PredictOptions) -> torch.device:
+    return torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _loader_transforms(
+    model: torch.nn.Module, options: PredictOptions, sizes: Sequence[int]
+) -> tuple[list[Any], Any]:
+    """The loader's per-image transforms (one per size) and the batch normalisation after."""
+    if options.batch_size < 1:
+        raise RecipeError(f"batch size must be >= 1, got {options.batch_size}")
+    return _eval_config(model, options).loader_transforms(sizes)
+
+
+def _eval_config(model: torch.nn.Module, o: PredictOptions) -> EvalConfig:
+    return eval_config(
+        model, crop_pct=o.crop_pct, interpolation=o.interpolation, mean=o.mean, std=o.std
+    )
 
 
 def _predict_split_sizes(
@@ -174,24 +206,23 @@ def _predict_split_sizes(
     console: Console | None = None,
     progress: Progress | None = None,
     group: Group | None = None,
+    loaded: Iterator[list[torch.Tensor]] | None = None,
 ) -> dict[int, list[str]]:
     """``predict_split`` at every test size of ``names`` (size → prediction name) in one read
-    of the split; the ids by size."""
+    of the split; the ids by size. ``loaded``: the split's batches from a loader shared with
+    other splits (not under torchrun), else the split is read here."""
     o = options
     merge, batch_size, seed, dtype, classes = o.merge, o.batch_size, o.seed, o.dtype, o.classes
     kind = merge_kind(merge)
     for size in names:
         check_test_size(model, size)
-    if batch_size < 1:
-        raise RecipeError(f"batch size must be >= 1, got {batch_size}")
-    cfg = eval_config(
-        model, crop_pct=o.crop_pct, interpolation=o.interpolation, mean=o.mean, std=o.std
-    )
+    sizes = list(names)
+    per_image, normalize = _loader_transforms(model, o, sizes)  # uint8, normalised after
+    cfg = _eval_config(model, o)
     built = build_views(views, mean=cfg.mean, std=cfg.std)
     _check_samples(store, split, samples)
     n_classes = len(classes) if classes is not None else len(store.classes)
-    dev = torch.device(o.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    sizes = list(names)
+    dev = _device(o)
 
     facts = {
         size: {
@@ -207,7 +238,6 @@ def _predict_split_sizes(
     }
     kept = list(built) if o.keep_views else []
     writing: dict[str, Any] = {"classes": classes, "dtype": dtype, "replace": o.replace}
-    per_image, normalize = cfg.loader_transforms(sizes)  # uint8 from the loader, normalised after
     batches = SplitBatches(
         model, samples, per_image, built, merge=merge, kept=kept,
         names=[names[size] for size in sizes], split=split, batch_size=batch_size, device=dev,
@@ -238,7 +268,7 @@ def _predict_split_sizes(
             for writer in writers.values():
                 stack.enter_context(writer)
             emit = partial(write_batch, writers, sizes, kept, False)
-            batches.run(range(len(samples)), console, progress, label, emit)
+            batches.run(range(len(samples)), console, progress, label, emit, loaded)
         written = [writer.id for writer in writers.values()]
     per_size = len(written) // len(sizes)  # the writers come size by size
     return {size: written[i * per_size : (i + 1) * per_size] for i, size in enumerate(sizes)}

@@ -124,21 +124,25 @@ class SplitBatches:
         progress: Progress | None,
         label: str,
         emit: Emit,
+        loaded: Iterator[list[torch.Tensor]] | None = None,
     ) -> None:
         """``emit(first row, size index, blocks)`` for each batch of ``rows`` at each size, in
         order; ``blocks`` [1 + kept, B, K] float32 are the merged scores, then each kept view's
         logits. ``rows`` start on a batch: batch ``i`` of the split holds rows
-        ``i * batch_size`` on, whoever predicts it."""
+        ``i * batch_size`` on, whoever predicts it. ``loaded`` gives the batches of ``rows``
+        from a loader shared with other splits (``evaldata.SharedBatches``); by default the
+        rows are read here."""
         if rows.start % self.batch_size:
             raise ValueError(f"rows {rows} do not start on a batch of {self.batch_size}")
         cuda = self.device.type == "cuda"
         self.model.eval().to(self.device)
         if cuda:
             self.model.to(memory_format=torch.channels_last)
-        loaded = size_batches(
-            self.samples[rows.start : rows.stop], self.transforms, batch_size=self.batch_size,
-            workers=self.workers, device=self.device, normalize=self.normalize,
-        )  # fmt: skip
+        if loaded is None:
+            loaded = size_batches(
+                self.samples[rows.start : rows.stop], self.transforms, batch_size=self.batch_size,
+                workers=self.workers, device=self.device, normalize=self.normalize,
+            )  # fmt: skip
         on_host = _HostBlocks(emit, lag=1 if cuda else 0)
         view_index = {label: i for i, label in enumerate(self.views)}
         with contextlib.ExitStack() as stack, torch.inference_mode():
