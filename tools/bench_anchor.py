@@ -1,6 +1,6 @@
 """The training anchor: ``ee produce`` against timm's own training loop, alternating, one run.
 
-    python tools/bench_anchor.py [--rounds 3] [--epochs 30] [--workers 2]
+    python tools/bench_anchor.py [--rounds 3] [--seeds 0,1,2] [--epochs 30] [--workers 2]
     python tools/bench_anchor.py --timm-only DIR OUT      # one timm run (what a round starts)
 
 The anchor is timm's ``train.py`` on the embedded digits (50 train + 50 val images per class,
@@ -20,8 +20,10 @@ test predictions written to a store)::
 
 Each round runs both, in alternating order, each in a fresh process timed on the wall clock
 from its start to its exit (imports included), so load on the machine hits both sides alike.
-Prints every run, then the medians; the ratio (timm / ee wall time: ≥ 1 means ee took no
-longer) and both accuracies last.
+Round ``i`` runs both sides with the ``i``-th of ``--seeds`` (cycling): one seed's val top-1
+swings by about a point on 500 images, on either side, so the accuracies compared are means
+over the rounds. Prints every run, then the median times; the ratio (timm / ee wall time: ≥ 1
+means ee took no longer) and both mean accuracies last.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ EE_ARGS = [
 ]  # fmt: skip
 
 
-def timm_run(data: str, out: str, epochs: int, workers: int) -> None:
+def timm_run(data: str, out: str, epochs: int, workers: int, seed: int = 42) -> None:
     """timm's train.py code path on CPU with the anchor's settings; prints its accuracy."""
     import torch
     from timm import utils
@@ -51,7 +53,7 @@ def timm_run(data: str, out: str, epochs: int, workers: int) -> None:
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
 
-    utils.random_seed(42, 0)
+    utils.random_seed(seed, 0)
     Path(out).mkdir(parents=True, exist_ok=True)
     model = create_model("resnet18", num_classes=10)
     config = resolve_data_config({"img_size": 32}, model=model)
@@ -60,7 +62,7 @@ def timm_run(data: str, out: str, epochs: int, workers: int) -> None:
               "mean": config["mean"], "std": config["std"], "num_workers": workers,
               "device": torch.device("cpu")}  # fmt: skip
     train_loader = create_loader(
-        create_dataset("", root=data, split="train", is_training=True, batch_size=64, seed=42),
+        create_dataset("", root=data, split="train", is_training=True, batch_size=64, seed=seed),
         is_training=True, scale=[0.35, 1.0], ratio=[3 / 4, 4 / 3], hflip=0.0, vflip=0.0,
         color_jitter=0.4, interpolation="random", **common,
     )  # fmt: skip
@@ -126,40 +128,52 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=30, help="both sides (the anchor: 30)")
     ap.add_argument("--workers", type=int, default=2, help="both sides' loader workers")
+    ap.add_argument(
+        "--seeds", default="0,1,2",
+        help="round i runs both sides with seed i of this list, cycling (one seed's accuracy "
+        "swings by about a point on 500 val images; the means are compared)",
+    )  # fmt: skip
+    ap.add_argument("--seed", type=int, default=42, help=argparse.SUPPRESS)  # --timm-only's
     ap.add_argument("--timm-only", nargs=2, metavar=("DATA", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.timm_only:
-        timm_run(*args.timm_only, epochs=args.epochs, workers=args.workers)
+        timm_run(*args.timm_only, epochs=args.epochs, workers=args.workers, seed=args.seed)
         return
     from ee_data import open_digits
 
     data = str(open_digits().root)  # the embedded default, as `ee produce` trains on
-    ee = [str(Path(sys.executable).with_name("ee")), *EE_ARGS,
-          "--epochs", str(args.epochs), "--workers", str(args.workers)]  # fmt: skip
+    seeds = [int(s) for s in args.seeds.split(",")]
+    common = ["--epochs", str(args.epochs), "--workers", str(args.workers)]
     times: dict[str, list[float]] = {"timm": [], "ee": []}
-    accuracy: dict[str, tuple[float, float]] = {}
+    accuracy: dict[str, list[tuple[float, float]]] = {"timm": [], "ee": []}
     for i in range(args.rounds):
+        seed = seeds[i % len(seeds)]
         for side in ("timm", "ee") if i % 2 == 0 else ("ee", "timm"):
             with tempfile.TemporaryDirectory(prefix="ee-anchor-") as tmp:
                 work = Path(tmp)
                 if side == "timm":
-                    options = ["--epochs", str(args.epochs), "--workers", str(args.workers)]
                     cmd = [sys.executable, __file__, "--timm-only", data, str(work / "out")]
-                    seconds, out = timed([*cmd, *options], work)
+                    seconds, out = timed([*cmd, *common, "--seed", str(seed)], work)
                     words = out.split()  # "timm best B final F"
-                    accuracy[side] = (float(words[2]), float(words[4]))
+                    accuracy[side].append((float(words[2]), float(words[4])))
                 else:
-                    seconds, _ = timed(ee, work)
-                    accuracy[side] = ee_accuracy(work)
+                    ee = [str(Path(sys.executable).with_name("ee")), *EE_ARGS, *common]
+                    seconds, _ = timed([*ee, "--seed", str(seed)], work)
+                    accuracy[side].append(ee_accuracy(work))
             times[side].append(seconds)
-            print(f"round {i + 1} {side:4s} {seconds:6.1f} s  val top-1 best/final "
-                  f"{accuracy[side][0]:.1f}/{accuracy[side][1]:.1f}%", flush=True)  # fmt: skip
+            best, final = accuracy[side][-1]
+            print(f"round {i + 1} {side:4s} seed {seed} {seconds:6.1f} s  val top-1 best/final "
+                  f"{best:.1f}/{final:.1f}%", flush=True)  # fmt: skip
     med = {side: statistics.median(t) for side, t in times.items()}
+    acc = {side: [statistics.mean(a) for a in zip(*runs, strict=True)]
+           for side, runs in accuracy.items()}  # fmt: skip
+    used = ",".join(str(seeds[i % len(seeds)]) for i in range(args.rounds))
     print(f"median wall time: timm {med['timm']:.1f} s, ee {med['ee']:.1f} s")
     print(
         f"anchor ratio (timm / ee wall time): {med['timm'] / med['ee']:.2f}x (target >= 1.0x); "
-        f"val top-1 best/final: ee {accuracy['ee'][0]:.1f}/{accuracy['ee'][1]:.1f}%, "
-        f"timm {accuracy['timm'][0]:.1f}/{accuracy['timm'][1]:.1f}% (target: within 0.5 point)"
+        f"mean val top-1 best/final over seeds {used}: ee {acc['ee'][0]:.1f}/"
+        f"{acc['ee'][1]:.1f}%, timm {acc['timm'][0]:.1f}/{acc['timm'][1]:.1f}% (target: within "
+        "0.5 point)"
     )
 
 
