@@ -291,8 +291,8 @@ def test_nproc_relaunches_the_same_options_under_torchrun():
     ctx = produce_command.make_context("produce", list(args))
     command = torchrun_command(ctx, 2)
     assert command[:8] == [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "ensemble_engine", "produce",
+        sys.executable, "-m", "ensemble_engine.commands.torchrun", "--standalone",
+        "--nproc_per_node=2", "-m", "ensemble_engine", "produce",
     ]  # fmt: skip
     again = produce_command.make_context("produce", command[8:])
     assert "--nproc" not in command and "--dist-backend" not in command
@@ -300,6 +300,45 @@ def test_nproc_relaunches_the_same_options_under_torchrun():
         if key not in ("nproc", "dist_backend"):
             assert again.params[key] == value, key
     assert again.params["vflip"] is False and again.params["set_pairs"] == ("a=1", "b=2")
+
+
+@pytest.mark.parametrize("exitcode", [2, 1])
+def test_the_launcher_ends_a_ranks_user_error_as_ee_does(monkeypatch, capsys, exitcode):
+    # exit code 2 (the rank printed its one-line error): exit 2, no traceback, no agent logs;
+    # any other failure: torchrun's own error and every log record it held back
+    import logging
+
+    import torch.distributed.run as torchrun_module
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from ensemble_engine.commands import torchrun
+
+    seen: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    def failing(argv=None):
+        logging.getLogger("torch.distributed.elastic.multiprocessing.api").error("rank failed")
+        failure = ProcessFailure(local_rank=0, pid=1, exitcode=exitcode, error_file="<N/A>")
+        raise ChildFailedError("ensemble_engine", {0: failure})
+
+    monkeypatch.setattr(torchrun_module, "main", failing)
+    catch = Catch()
+    logging.getLogger("torch.distributed").addHandler(catch)
+    try:
+        if exitcode == 2:
+            with pytest.raises(SystemExit) as stop:
+                torchrun.main([])
+            assert stop.value.code == 2 and seen == []
+        else:
+            with pytest.raises(ChildFailedError):
+                torchrun.main([])
+            assert seen == ["rank failed"]
+    finally:
+        logging.getLogger("torch.distributed").removeHandler(catch)
+    assert logging.getLogger("torch.distributed.elastic").propagate
 
 
 @pytest.mark.parametrize(
@@ -406,5 +445,9 @@ def test_the_torchrun_command_resumes_and_repredicts(ddp_run):
 def test_a_user_error_stops_every_rank(tmp_path):
     done = ee("produce", "resnet10t-ce", "--store", "s.zarr", "--test-sizes", "4", "--nproc",
               "2", cwd=tmp_path)  # fmt: skip
-    assert done.returncode != 0
-    assert "test_sizes must be >= 8 pixels" in done.stderr
+    # each rank stops on the recipe; the launcher ends as ee does: the one line, exit code 2
+    assert done.returncode == 2, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert errors and all("test_sizes must be >= 8 pixels" in line for line in errors)
+    for noise in ("Traceback", "ChildFailedError", "exitcode", "SIGTERM"):
+        assert noise not in done.stderr, done.stderr[-3000:]

@@ -38,9 +38,10 @@ def under_torchrun() -> bool:
 
 def torchrun_command(ctx: click.Context, nproc: int) -> list[str]:
     """This command again under torchrun with ``nproc`` processes, the options given on the
-    command line as they were given (``--nproc`` and ``--dist-backend`` left out)."""
+    command line as they were given (``--nproc`` and ``--dist-backend`` left out). torchrun
+    runs through ``commands.torchrun``, which ends a rank's user error as ``ee`` does."""
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        sys.executable, "-m", "ensemble_engine.commands.torchrun", "--standalone",
         f"--nproc_per_node={nproc}", "-m", "ensemble_engine",
     ]  # fmt: skip
     if ctx.find_root().params.get("debug"):

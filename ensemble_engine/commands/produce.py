@@ -8,7 +8,9 @@ are request fields of their own: they say where results go, not how to train.
 Several processes: ``torchrun --nproc_per_node N -m ensemble_engine produce ...`` runs N copies
 of the command, and each producer takes its share (for ``timm``: ``ee_timm.distributed``).
 ``ee produce --nproc N`` is the one-machine shortcut: it re-runs the same command under
-torchrun (``torch.distributed.run --standalone``) and exits with torchrun's exit code.
+torchrun (``torch.distributed.run --standalone``, through ``commands.torchrun``) and exits
+with torchrun's exit code, or with 2 and the rank's one-line error alone when a rank stops on
+a user error.
 """
 
 from __future__ import annotations
