@@ -18,7 +18,7 @@ selection can tell them from the merged prediction).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -44,6 +44,7 @@ from .streaming import (
 from .views import ViewRequest, build_views
 
 if TYPE_CHECKING:
+    from ee_data.batches import BatchNormalize
     from rich.console import Console
     from rich.progress import Progress
 
@@ -181,7 +182,7 @@ def _device(options: PredictOptions) -> torch.device:
 
 def _loader_transforms(
     model: torch.nn.Module, options: PredictOptions, sizes: Sequence[int]
-) -> tuple[list[Any], Any]:
+) -> tuple[list[Callable], BatchNormalize | None]:
     """The loader's per-image transforms (one per size) and the batch normalisation after."""
     if options.batch_size < 1:
         raise RecipeError(f"batch size must be >= 1, got {options.batch_size}")
