@@ -14,6 +14,7 @@ torchrun's own report and exit code. It takes torchrun's arguments::
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 
@@ -59,4 +60,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        gc.freeze()  # as ``ee`` does: the interpreter's last collections skip torch's objects
