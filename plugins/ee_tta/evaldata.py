@@ -11,10 +11,10 @@ transformed at every size, in the loader's workers, and each batch comes back as
 size on the model's device. The workers stop at uint8 images (``EvalConfig.split_transform``),
 normalised a whole batch at a time on the device: a quarter of the bytes to pass between
 processes and to copy to a GPU, and less work for workers that share the CPU with the model.
-Loader workers take parts of a batch (``batch_parts``) rather than
-whole batches, so that on a GPU the first batch, which the GPU waits for, is prepared by every
-worker at once; the parts are joined on the device into the very tensors a whole-batch loader
-makes.
+Loader workers take parts of a batch (``batch_parts``) rather than whole batches, so that on a
+GPU the first batch, which the GPU waits for, is prepared by every worker at once; the parts
+are joined on the device into the very tensors a whole-batch loader makes. ``group_batches``
+reads several splits through one loader, so one set of workers serves a whole prediction.
 """
 
 from __future__ import annotations
