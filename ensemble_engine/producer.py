@@ -75,3 +75,11 @@ class Producer(ABC):
     @abstractmethod
     def produce(self, request: ProduceRequest) -> list[str]:
         """Run the producer; return the ids of the predictions it wrote."""
+
+    def check(self, request: ProduceRequest) -> None:  # noqa: B027 - optional by design
+        """Refuse (raise an ``EEError``) a request that cannot run, before processes are started
+        for it (``ee produce --nproc N`` calls this, then starts N copies of the command).
+
+        Optional: the default checks nothing, and ``produce`` must check again in any case
+        (``torchrun`` may start it directly). It must not write to the store.
+        """

@@ -359,6 +359,34 @@ def test_nproc_mistakes_are_one_line(run_cli, tmp_path, monkeypatch, args, env, 
     assert not (tmp_path / "s.zarr").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--test-sizes", "4"], "test_sizes must be >= 8 pixels"),
+        (["--data", "missing-folder"], "missing-folder"),
+        (["--resume", "--run-id", "nothing-here"], "no run to resume"),
+        (["--store", "memory://ranks"], "lives in one process's memory"),
+    ],
+)
+def test_nproc_checks_the_request_before_starting_any_process(
+    run_cli, tmp_path, monkeypatch, args, needle
+):
+    import ensemble_engine.commands.produce as produce_module
+
+    launched = []
+    monkeypatch.setattr(produce_module, "launch_torchrun", lambda *a: launched.append(a) or 0)
+    monkeypatch.chdir(tmp_path)
+    store = [] if "--store" in args else ["--store", "s.zarr"]
+    result = run_cli("produce", "resnet10t-ce", *store, *args, "--nproc", "2")
+    assert result.exit_code == 2, result.output
+    assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert launched == [] and not (tmp_path / "s.zarr").exists()
+    # the same command without the mistake is launched, and the launcher wrote no store
+    ok = run_cli("produce", "resnet10t-ce", "--store", "s.zarr", "--nproc", "2")
+    assert ok.exit_code == 0, ok.output
+    assert len(launched) == 1 and not (tmp_path / "s.zarr").exists()
+
+
 # --- real processes (gloo on CPU) -------------------------------------------------------------
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]

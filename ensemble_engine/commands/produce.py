@@ -266,9 +266,7 @@ def produce_command(ctx: click.Context, recipe: str, data_dir: Path | None, stor
     producer_name = producer_for(recipe)
     producer = host.producers.get(producer_name).factory()
     shared_store = open_store_for_producer(store)  # a bad store fails here, before any launch
-    if nproc is not None and nproc > 1:
-        ctx.exit(launch_torchrun(ctx, nproc, dist_backend))
-    if dist_backend is not None:
+    if dist_backend is not None and nproc is None:
         os.environ[BACKEND_ENV] = dist_backend  # this process is one of torchrun's
     request = ProduceRequest(
         recipe=recipe,
@@ -283,6 +281,9 @@ def produce_command(ctx: click.Context, recipe: str, data_dir: Path | None, stor
         name=name,
         force=force,
     )
+    if nproc is not None and nproc > 1:
+        producer.check(request)  # a bad recipe or data folder fails here, before any launch
+        ctx.exit(launch_torchrun(ctx, nproc, dist_backend))
     ids = producer.produce(request)
     if os.environ.get("RANK", "0") != "0":
         return  # rank 0 reports for every rank

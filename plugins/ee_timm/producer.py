@@ -11,8 +11,9 @@ specialist (see ``specialist``).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -42,6 +43,9 @@ from .specialist import (
     specialist_training_samples,
 )
 from .train import TrainResult, train
+
+if TYPE_CHECKING:
+    import torch
 
 TRAIN_SPLIT = "train"
 VAL_SPLIT = "val"
@@ -111,6 +115,10 @@ class TimmProducer(Producer):
     and predict together.
     """
 
+    def check(self, request: ProduceRequest) -> None:
+        """The checks ``produce`` starts with, in the process that launches the ranks."""
+        checked_request(request, None, launching=True)
+
     def produce(self, request: ProduceRequest) -> list[str]:
         launch = Launch.from_env()
         console = request.console or Console(stderr=True)
@@ -121,24 +129,10 @@ class TimmProducer(Producer):
         if request.overrides:
             given = ", ".join(f"{k}={v}" for k, v in sorted(request.overrides.items()))
             console.print(f"explicit options: {given}")
-        source = open_dataset(request.data_dir)
-        check_test_sizes(recipe)
-        train_samples, val_samples, classes = training_data(source, recipe)
-        device = rank_device(resolve_device(recipe.device), launch)
-        if launch is not None:
-            backend_for(device)  # a bad EE_DIST_BACKEND stops every rank before they join
-            check_shared_store(request.store)
-        run_id = check_name(request.run_id or recipe.run_id(), "run id")
-        name = request.name or base_name(recipe)
-        for size in recipe.test_sizes:
-            check_name(f"{name}-s{size}", "prediction name")
-        run_dir = Path(request.runs_dir) / run_id
-        if request.resume and not run_dir.is_dir():
-            raise RecipeError(
-                f"no run to resume in {run_dir}; drop --resume to start it, or give the "
-                "--run-id of an earlier run"
-            )
-        run_lock = RunLock(run_dir)
+        ok = checked_request(request, launch, recipe=recipe)
+        source, recipe, run_id, device = ok.source, ok.recipe, ok.run_id, ok.device
+        train_samples, val_samples, classes = ok.train_samples, ok.val_samples, ok.classes
+        run_lock = RunLock(Path(request.runs_dir) / run_id)
         with process_group(launch, device) as group, contextlib.ExitStack() as held:
 
             def prepare() -> None:
@@ -216,6 +210,51 @@ class TimmProducer(Producer):
         if console is not None:
             console.print(predictions_table(request.store, ids))
         return ids
+
+
+@dataclass(frozen=True)
+class CheckedRequest:
+    """What ``checked_request`` found: the request's recipe, data and run, all usable."""
+
+    recipe: Recipe
+    source: DatasetSource
+    train_samples: list[Sample]
+    val_samples: list[Sample]
+    classes: list[str]
+    device: torch.device
+    run_id: str
+
+
+def checked_request(
+    request: ProduceRequest,
+    launch: Launch | None,
+    *,
+    launching: bool = False,
+    recipe: Recipe | None = None,
+) -> CheckedRequest:
+    """Check everything about ``request`` that needs no store: the recipe, the data, the
+    device, the names; under torchrun (``launch``) or before starting it (``launching``) also
+    the backend and that the store is one every rank reaches. Raises the first problem.
+    ``recipe``: the request's, when the caller has resolved it already."""
+    recipe = recipe or request_recipe(request)
+    source = open_dataset(request.data_dir)
+    check_test_sizes(recipe)
+    train_samples, val_samples, classes = training_data(source, recipe)
+    device = rank_device(resolve_device(recipe.device), launch)
+    if launch is not None or launching:
+        backend_for(device)  # a bad EE_DIST_BACKEND stops every rank before they join
+        check_shared_store(request.store)
+    run_id = check_name(request.run_id or recipe.run_id(), "run id")
+    name = request.name or base_name(recipe)
+    for size in recipe.test_sizes:
+        check_name(f"{name}-s{size}", "prediction name")
+    run_dir = Path(request.runs_dir) / run_id
+    if request.resume and not run_dir.is_dir():
+        raise RecipeError(
+            f"no run to resume in {run_dir}; drop --resume to start it, or give the "
+            "--run-id of an earlier run"
+        )
+    return CheckedRequest(recipe, source, train_samples, val_samples, classes, device, run_id)
 
 
 class RunLock:
