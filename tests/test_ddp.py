@@ -470,12 +470,22 @@ def test_the_torchrun_command_resumes_and_repredicts(ddp_run):
 
 
 @pytest.mark.slow
-def test_a_user_error_stops_every_rank(tmp_path):
-    done = ee("produce", "resnet10t-ce", "--store", "s.zarr", "--test-sizes", "4", "--nproc",
-              "2", cwd=tmp_path)  # fmt: skip
-    # each rank stops on the recipe; the launcher ends as ee does: the one line, exit code 2
+@pytest.mark.parametrize("launch", ["nproc", "ranks"])
+def test_a_user_error_stops_every_rank(tmp_path, launch):
+    # nproc: `ee produce --nproc 2` refuses the recipe before starting torchrun; ranks: the
+    # ranks themselves refuse it, under the torchrun that --nproc starts (commands.torchrun),
+    # which then ends as ee does. Either way: the one line, exit code 2, nothing else.
+    args = ["produce", "resnet10t-ce", "--store", "s.zarr", "--test-sizes", "4"]
+    if launch == "nproc":
+        done = ee(*args, "--nproc", "2", cwd=tmp_path)
+    else:
+        wrapper = [sys.executable, "-m", "ensemble_engine.commands.torchrun", *TORCHRUN[3:]]
+        done = ee(*args, cwd=tmp_path, launcher=wrapper)
     assert done.returncode == 2, done.stderr[-3000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
     assert errors and all("test_sizes must be >= 8 pixels" in line for line in errors)
+    if launch == "nproc":
+        assert "running 2 processes" not in done.stderr  # refused before torchrun started
     for noise in ("Traceback", "ChildFailedError", "exitcode", "SIGTERM"):
         assert noise not in done.stderr, done.stderr[-3000:]
+    assert not (tmp_path / "s.zarr").exists()
