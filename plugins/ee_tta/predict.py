@@ -18,7 +18,7 @@ selection can tell them from the merged prediction).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -44,7 +44,6 @@ from .streaming import (
 from .views import ViewRequest, build_views
 
 if TYPE_CHECKING:
-    from ee_data.batches import BatchNormalize
     from rich.console import Console
     from rich.progress import Progress
 
@@ -156,7 +155,7 @@ def predict_sizes(
     samples = {split: source.samples(split) for split in splits}
     shared = None
     if group is None or group.size == 1:  # one set of loader workers for every split
-        per_image, normalize = _loader_transforms(model, settings, sizes)
+        per_image, normalize = _eval_config(model, settings).loader_transforms(sizes)
         shared = SharedBatches(
             list(samples.values()), per_image, batch_size=settings.batch_size,
             workers=settings.workers, device=_device(settings), normalize=normalize,
@@ -180,16 +179,10 @@ def _device(options: PredictOptions) -> torch.device:
     return torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def _loader_transforms(
-    model: torch.nn.Module, options: PredictOptions, sizes: Sequence[int]
-) -> tuple[list[Callable], BatchNormalize | None]:
-    """The loader's per-image transforms (one per size) and the batch normalisation after."""
-    if options.batch_size < 1:
-        raise RecipeError(f"batch size must be >= 1, got {options.batch_size}")
-    return _eval_config(model, options).loader_transforms(sizes)
-
-
 def _eval_config(model: torch.nn.Module, o: PredictOptions) -> EvalConfig:
+    """The eval settings of ``o`` for ``model``; refuses a batch size below 1 first."""
+    if o.batch_size < 1:
+        raise RecipeError(f"batch size must be >= 1, got {o.batch_size}")
     return eval_config(
         model, crop_pct=o.crop_pct, interpolation=o.interpolation, mean=o.mean, std=o.std
     )
@@ -218,8 +211,8 @@ def _predict_split_sizes(
     for size in names:
         check_test_size(model, size)
     sizes = list(names)
-    per_image, normalize = _loader_transforms(model, o, sizes)  # uint8, normalised after
     cfg = _eval_config(model, o)
+    per_image, normalize = cfg.loader_transforms(sizes)  # uint8, normalised after
     built = build_views(views, mean=cfg.mean, std=cfg.std)
     _check_samples(store, split, samples)
     n_classes = len(classes) if classes is not None else len(store.classes)
