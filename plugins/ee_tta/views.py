@@ -10,7 +10,9 @@ global state. The predictor seeds one generator per (seed, split, view, batch in
 ``view_generator``: a re-run with the same seed, batch size and device gives identical numbers.
 The numbers do depend on the batch size (a batch draws its parameters in one stream) and on
 the device type (CPU and CUDA generators give different streams); both are recorded in the
-prediction's metadata. Random parameters are drawn per image, so images in one batch differ.
+prediction's metadata. Random parameters are drawn per image, so images in one batch differ;
+they stay on the device and are applied to the whole batch at once (``batched``), so a view
+costs the same few kernel launches for any batch size and never waits for the device.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from typing import Any
 import torch
 import torchvision.transforms.v2.functional as TF
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torchvision.transforms import InterpolationMode
 
 from ensemble_engine.errors import RecipeError
+
+from . import batched
 
 View = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 Channels = tuple[float, ...]
@@ -58,10 +61,11 @@ def from_pixels(pixels: torch.Tensor, mean: Channels, std: Channels) -> torch.Te
     return (pixels.clamp(0.0, 1.0) - _channel_tensor(mean, pixels)) / _channel_tensor(std, pixels)
 
 
-def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> list[float]:
-    """``n`` draws from U(low, high), taken from ``generator`` on its own device."""
+def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    """``n`` draws from U(low, high) in float64, taken from ``generator`` and left on its device
+    (reading them back to the host would make the host wait for the device every batch)."""
     u = torch.rand(n, generator=generator, device=generator.device, dtype=torch.float64)
-    return (low + (high - low) * u).tolist()
+    return low + (high - low) * u
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,8 @@ class HFlip:
 
 @dataclass(frozen=True)
 class Rotate:
-    """Rotate each image by its own angle drawn from U(-degrees, degrees), bilinear.
+    """Rotate each image by its own angle drawn from U(-degrees, degrees), bilinear (the whole
+    batch in one ``grid_sample``: ``batched.rotate``).
 
     Corners uncovered by the rotation are filled with 0 in normalised space, which is the
     dataset's mean colour: the least surprising fill for the model.
@@ -92,12 +97,7 @@ class Rotate:
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         angles = _uniform(len(images), -self.degrees, self.degrees, generator)
-        return torch.stack(
-            [
-                TF.rotate(image, angle, interpolation=InterpolationMode.BILINEAR, fill=[0.0])
-                for image, angle in zip(images, angles, strict=True)
-            ]
-        )
+        return batched.in_chunks(batched.rotate, images, angles)
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,8 @@ class ColorJitter:
 
     Factors are drawn per image: brightness, contrast and saturation from U(1 - x, 1 + x), hue
     from U(-hue, hue) (a fraction of the colour circle, at most 0.5). They are applied in that
-    fixed order (torchvision's ColorJitter shuffles it; a fixed order keeps the view simple).
+    fixed order (torchvision's ColorJitter shuffles it; a fixed order keeps the view simple),
+    to the whole batch at once (``batched``: torchvision's sums with per-image factors).
     """
 
     brightness: float = 0.2
@@ -131,16 +132,17 @@ class ColorJitter:
             for x in (self.brightness, self.contrast, self.saturation)
         )
         h = _uniform(n, -self.hue, self.hue, generator)
+        return batched.in_chunks(self._jitter, images, b, c, s, h)
+
+    def _jitter(self, images: torch.Tensor, *factors: torch.Tensor) -> torch.Tensor:
+        b, c, s, h = factors
         pixels = to_pixels(images, self.mean, self.std).clamp(0.0, 1.0)
-        out = []
-        for i, image in enumerate(pixels):
-            image = TF.adjust_brightness(image, b[i])
-            image = TF.adjust_contrast(image, c[i])
-            image = TF.adjust_saturation(image, s[i])
-            if self.hue:
-                image = TF.adjust_hue(image, h[i])
-            out.append(image)
-        return from_pixels(torch.stack(out), self.mean, self.std)
+        pixels = batched.adjust_brightness(pixels, b)
+        pixels = batched.adjust_contrast(pixels, c)
+        pixels = batched.adjust_saturation(pixels, s)
+        if self.hue:
+            pixels = batched.adjust_hue(pixels, h)
+        return from_pixels(pixels, self.mean, self.std)
 
 
 @dataclass(frozen=True)
