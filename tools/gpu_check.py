@@ -20,7 +20,9 @@ Steps (each timed; one failing does not stop the others; a step that would start
 5. ``train_loop``: ``tools/bench_train.py``'s engine-versus-plain loop on CUDA (AMP,
    channels-last, 4 workers).
 6. ``predict``: ``tools/bench_predict.py`` on CUDA, resnet50 at 224/320/380 with 8 workers.
-7. ``train_loop_large`` and ``predict_large``: steps 5 and 6 with more work per epoch and per
+7. ``views``: ``tools/bench_views.py`` on CUDA: the rotate and colour-jitter views batched
+   against torchvision image by image (kernel launches and a read-back per image), 224/380.
+8. ``train_loop_large`` and ``predict_large``: steps 5 and 6 with more work per epoch and per
    call (resnet18 at 128 px on 800 + 800 images; 1000 images to predict), so that the fixed
    per-epoch and per-call costs weigh as they do in real runs. From ``predict`` (200 images)
    and ``predict_large`` (1000) the summary splits each side's time into a fixed cost per call
@@ -64,6 +66,7 @@ FULL: dict[str, Any] = {
         "img_size": 128, "per_class": 80,
     },
     "predict": {"backbone": "resnet50", "sizes": (224, 320, 380), "repeats": 2, "workers": 8},
+    "views": {"sizes": (224, 380), "batch": 64, "repeats": 10},
     # 1000 images instead of 200: the fixed costs (loader start, store writes) amortised
     "predict_large": {
         "backbone": "resnet50", "sizes": (224, 320, 380), "repeats": 2, "workers": 8,
@@ -272,6 +275,14 @@ def predict(device: str, cfg: dict[str, Any], key: str = "predict") -> dict[str,
     return res
 
 
+def views(device: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    from bench_views import views_benchmark
+
+    res = views_benchmark(**cfg["views"], device=device)
+    res["target"] = 1.0
+    return res
+
+
 def cost_per_call_and_image(small: dict[str, Any], large: dict[str, Any]) -> dict[str, Any]:
     """Each side's seconds as fixed + per_image * images, through two runs' best times."""
     out = {}
@@ -294,6 +305,8 @@ def run_checks(report: Report, device: str = "cuda", cfg: dict[str, Any] = FULL)
         report.step("amp", lambda: amp(device, cfg))
         report.step("train_loop", lambda: train_loop(device, cfg))
         report.step("predict", lambda: predict(device, cfg))
+        if "views" in cfg:
+            report.step("views", lambda: views(device, cfg))
         if "loop_large" in cfg:
             report.step("train_loop_large", lambda: train_loop(device, cfg, "loop_large"))
         if "predict_large" in cfg:
