@@ -151,3 +151,20 @@ def test_random_views_run_the_same_ops_for_any_batch_and_read_nothing_back(view)
     assert counts[0] == counts[1]  # no op per image: a GPU launches as many kernels for 2 as 16
     # .item() / .tolist() go through _local_scalar_dense: a host read that waits for the device
     assert "aten._local_scalar_dense" not in counts[1]
+
+
+def test_batched_ops_stay_on_the_images_device():
+    # "meta" tensors refuse any tensor from another device, as CUDA does: nothing in these ops
+    # is made on the CPU behind the caller's back (parameters drawn elsewhere are moved over)
+    images = torch.empty(4, 3, 8, 6, device="meta")
+    on_device = torch.empty(4, dtype=torch.float64, device="meta")
+    for op in (
+        batched.rotate,
+        batched.adjust_brightness,
+        batched.adjust_contrast,
+        batched.adjust_saturation,
+        batched.adjust_hue,
+    ):
+        for params in (on_device, torch.rand(4, dtype=torch.float64)):
+            out = batched.in_chunks(op, images, params)
+            assert out.device.type == "meta" and out.shape == images.shape
