@@ -9,7 +9,7 @@ image. torchvision's functional ops take one parameter per call, so the straight
 to the host: on a GPU that is a few kernel launches per image and a wait for the device per
 batch. Both sides here apply the same parameters to the same batch; the script prints, per view and
 size, the time of each side (best of ``--repeats``), the aten ops each dispatches per batch as
-a GPU runs them (the kernels it launches; a host read shows as ``_local_scalar_dense``; on a
+a GPU runs them (the kernels it launches; on a
 CPU the batched views work in slices of a few images at large sizes, to stay in cache), and
 last the ratio (per-image time / batched time; above 1: the batched view is faster).
 
