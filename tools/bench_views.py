@@ -5,13 +5,13 @@
 
 ``rotate`` and ``color_jitter`` (with a hue shift, the costliest setting) draw one parameter per
 image. torchvision's functional ops take one parameter per call, so the straightforward way
-(and ee's before ``ee_tta.batched``) is a loop over the batch with the parameters read back
-to the host: on a GPU that is a few kernel launches per image and a wait for the device per
-batch. Both sides here apply the same parameters to the same batch; the script prints, per view and
+(and ee's before ``ee_tta.batched``) is a loop over the batch with the parameters read back to
+the host: on a GPU that is a few kernel launches per image and a wait for the device per batch.
+Both sides here apply the same parameters to the same batch; the script prints, per view and
 size, the time of each side (best of ``--repeats``), the aten ops each dispatches per batch as
-a GPU runs them (the kernels it launches; on a
-CPU the batched views work in slices of a few images at large sizes, to stay in cache), and
-last the ratio (per-image time / batched time; above 1: the batched view is faster).
+a GPU runs them (the kernels it launches; on a CPU the batched views work in slices of a few
+images at large sizes, to stay in cache), and last the ratio (per-image time / batched time;
+above 1: the batched view is faster).
 
 On a CPU with one thread the two do the same arithmetic, so the time ratio mostly reflects
 memory traffic (a whole batch per op against one image at a time); the op count is what
