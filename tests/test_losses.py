@@ -237,6 +237,16 @@ def test_targets_that_do_not_fit_the_logits_are_recipe_errors(target):
         create_loss("ce")(torch.zeros(N, K), target)
 
 
+def test_targets_off_the_cpu_are_not_read_back_to_check_their_range():
+    # On a GPU the range check would wait for the device at every training step. "meta"
+    # tensors hold no values, so any read of them raises: the check must not run there.
+    from ee_losses.common import soft_targets
+
+    logits = torch.empty(N, K, device="meta")
+    one_hot = soft_targets(torch.empty(N, dtype=torch.int64, device="meta"), logits)
+    assert one_hot.shape == (N, K) and one_hot.device.type == "meta"
+
+
 def test_focal_alpha_must_have_one_weight_per_class():
     with pytest.raises(RecipeError, match="class weights"):
         create_loss("focal", alpha=[1.0, 2.0])(*batch("int"))

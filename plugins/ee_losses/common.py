@@ -83,12 +83,18 @@ def as_float(logits: Tensor) -> Tensor:
 
 
 def soft_targets(target: Tensor, logits: Tensor) -> Tensor:
-    """Targets as an [N, C] matrix of class probabilities in the dtype of ``logits``."""
+    """Targets as an [N, C] matrix of class probabilities in the dtype of ``logits``.
+
+    Class indices out of range are refused with a clear error when the targets are on the CPU.
+    On a GPU that check would read the targets back to the host, a wait for the device at every
+    training step; there, as in torch's own ``one_hot``, an index out of range ends in the
+    device's assert instead (the engine's loaders give indices of the data's own classes).
+    """
     n, num_classes = logits.shape
     if target.ndim == 1 and not target.is_floating_point() and target.dtype != torch.bool:
         if target.shape[0] != n:
             raise RecipeError(f"loss got {target.shape[0]} targets for {n} rows of logits")
-        if target.numel():
+        if target.numel() and target.device.type == "cpu":
             low, high = torch.aminmax(target)
             if int(low) < 0 or int(high) >= num_classes:
                 raise RecipeError(
