@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -10,7 +11,7 @@ import pytest
 import torch
 import yaml
 from ee_timm.backbones import BACKBONE_ALIASES, timm_model_names
-from ee_timm.builders import build_model, build_optimizer, build_scheduler
+from ee_timm.builders import build_model, build_optimizer, build_scheduler, has_fused_kernels
 from ee_timm.checkpoint import SUMMARY_COLUMNS, load_checkpoint
 from ee_timm.loaders import train_loader
 from ee_timm.producer import TimmProducer, training_samples
@@ -261,6 +262,36 @@ def test_optimizer_is_classical_momentum_sgd():
     assert {(g["momentum"], g["nesterov"]) for g in opt.param_groups} == {(0.9, False)}
     # timm keeps weight decay off biases and norm layers, as its train.py does.
     assert sorted(g["weight_decay"] for g in opt.param_groups) == [0.0, 1e-4]
+
+
+def test_optimizer_uses_the_fused_kernel_with_the_same_update_as_the_loop():
+    # Independently: torch's plain SGD (a Python loop over the parameters) on the same groups.
+    recipe = digits()
+    model = build_model(recipe, 10)
+    fused = build_optimizer(recipe, model)
+    assert {g["fused"] for g in fused.param_groups} == {True}  # torch has CPU fused kernels
+    twin = copy.deepcopy(model)
+    groups = [
+        {**{k: v for k, v in g.items() if k != "params"}, "fused": None, "foreach": False,
+         "params": [dict(twin.named_parameters())[n] for n in names]}
+        for g, names in zip(fused.param_groups, param_names(model, fused), strict=True)
+    ]  # fmt: skip
+    loop = torch.optim.SGD(groups)
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(8) % 10
+    for net, opt in ((model, fused), (twin, loop)):
+        for _ in range(3):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+    for (name, a), b in zip(model.named_parameters(), twin.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), name
+    assert not has_fused_kernels(torch.nn.Linear(2, 2).to("meta"))
+
+
+def param_names(model, optimizer):
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    return [[by_id[id(p)] for p in g["params"]] for g in optimizer.param_groups]
 
 
 def test_schedule_is_linear_warmup_then_cosine():

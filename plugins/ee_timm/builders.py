@@ -43,14 +43,31 @@ def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
 
 
 def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD with classical momentum (timm's ``momentum``; ``nesterov`` picks timm's ``sgd``)."""
+    """SGD with classical momentum (timm's ``momentum``; ``nesterov`` picks timm's ``sgd``).
+
+    With torch's fused kernel where the parameters' device has one (build after moving the
+    model): one pass over all parameters per step instead of a loop over them, several times
+    faster on a CPU, and under AMP on a GPU the GradScaler hands its overflow flag to the kernel
+    instead of reading it back to the host every step. The same update up to float rounding.
+    """
     return create_optimizer_v2(
         model,
         opt="sgd" if recipe.nesterov else "momentum",
         lr=recipe.lr,
         weight_decay=recipe.weight_decay,
         momentum=recipe.momentum,
+        **({"fused": True} if has_fused_kernels(model) else {}),
     )
+
+
+def has_fused_kernels(model: nn.Module) -> bool:
+    """Whether torch has fused optimiser kernels for the device of ``model``'s parameters."""
+    try:  # the list torch's optimisers check ``fused=True`` against
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:
+        return False
+    devices = {p.device.type for p in model.parameters()}
+    return len(devices) == 1 and devices <= set(_get_fused_kernels_supported_devices())
 
 
 def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer) -> Any:
