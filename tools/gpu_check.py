@@ -15,6 +15,8 @@ Steps (each timed; one failing does not stop the others; a step that would start
    parts by the workers, joined on the GPU); checks the scores are finite, gives top-1, checks
    that ``predict_split`` at one size on its own gives the same scores, and compares the
    identity view's logits on CUDA (float16 autocast) with the same on CPU.
+   ``syncs``: ``ee produce`` again (2 epochs, then one size with 4 views) under CUDA's sync
+   debug mode, every wait for the GPU counted by the ee line that caused it.
 4. ``amp``: ``tools/bench_train.py``'s AMP + channels-last versus float32 comparison, resnet50,
    224 px, batch 128, 30 timed steps each on synthetic batches; again with cuDNN autotuning.
 5. ``train_loop``: ``tools/bench_train.py``'s engine-versus-plain loop on CUDA (AMP,
@@ -44,6 +46,8 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -175,6 +179,50 @@ def produce(work: Path, device: str, cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def syncs(work: Path, device: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """``ee produce`` (2 epochs, then val and test at one size with 4 views) under CUDA's sync
+    debug mode: every operation that waits for the GPU, counted by the innermost line of ee's
+    code that led to it. Expected: the loss check every READ_EVERY steps, two per validation
+    pass and per prediction split, nothing per training step or per prediction batch."""
+    from ensemble_engine.cli import build_cli
+
+    root = str(Path(__file__).resolve().parents[1]) + os.sep
+    counts: Counter[str] = Counter()
+    shown = warnings.showwarning
+
+    def hook(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if "synchroniz" not in str(message):
+            return shown(message, category, filename, lineno, file, line)
+        ours = [
+            f for f in traceback.extract_stack()
+            if f.filename.startswith(root) and "/tools/" not in f.filename
+        ]  # fmt: skip
+        where = ours[-1] if ours else None
+        counts[f"{where.filename.removeprefix(root)}:{where.lineno}" if where else filename] += 1
+
+    args = [
+        *f"produce resnet10t-ce --epochs 2 --device {device} --amp --set warmup_epochs=0".split(),
+        *f"--workers {cfg['workers']} --run-id syncs --test-sizes 32".split(),
+        *["--tta", "identity,hflip,rotate,color_jitter", "--store", str(work / "syncs.zarr")],
+        *["--runs-dir", str(work / "runs")],
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = hook
+        if device == "cuda":
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            build_cli().main(args, prog_name="ee", standalone_mode=False)
+        finally:
+            if device == "cuda":
+                torch.cuda.set_sync_debug_mode("default")
+    return {
+        "command": "ee " + " ".join(args),
+        "syncs_total": sum(counts.values()),
+        "syncs_by_line": dict(counts.most_common()),
+    }
+
+
 def tta(work: Path, device: str, cfg: dict[str, Any]) -> dict[str, Any]:
     """The trained checkpoint through ``predict_split`` on ``device``: 3 sizes x 5 views."""
     import numpy as np
@@ -302,6 +350,7 @@ def run_checks(report: Report, device: str = "cuda", cfg: dict[str, Any] = FULL)
             report.step("device", device_facts)
         report.step("produce", lambda: produce(work, device, cfg))
         report.step("tta", lambda: tta(work, device, cfg))
+        report.step("syncs", lambda: syncs(work, device, cfg))
         report.step("amp", lambda: amp(device, cfg))
         report.step("train_loop", lambda: train_loop(device, cfg))
         report.step("predict", lambda: predict(device, cfg))
