@@ -26,7 +26,8 @@ def in_chunks(
 ) -> torch.Tensor:
     """``fn(images, *params)``, on a CPU over slices of the batch of about ``CPU_CHUNK_BYTES``.
 
-    The ops work image by image, so slicing the batch changes nothing in the result. On a CPU
+    The ops work image by image, so slicing the batch changes the result by float rounding at
+    most (the slices depend only on the image size, so a re-run gives the same). On a CPU
     a whole batch at 224 px passes through memory once per op, slower than a few images that
     stay in cache; on a GPU one launch per op for the whole batch is what counts.
     """
