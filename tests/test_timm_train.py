@@ -11,7 +11,13 @@ import pytest
 import torch
 import yaml
 from ee_timm.backbones import BACKBONE_ALIASES, timm_model_names
-from ee_timm.builders import build_model, build_optimizer, build_scheduler, has_fused_kernels
+from ee_timm.builders import (
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    has_fused_kernels,
+    load_optimizer_state,
+)
 from ee_timm.checkpoint import SUMMARY_COLUMNS, load_checkpoint
 from ee_timm.loaders import train_loader
 from ee_timm.producer import TimmProducer, training_samples
@@ -287,6 +293,46 @@ def test_optimizer_uses_the_fused_kernel_with_the_same_update_as_the_loop():
     for (name, a), b in zip(model.named_parameters(), twin.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), name
     assert not has_fused_kernels(torch.nn.Linear(2, 2).to("meta"))
+
+
+def test_a_run_saved_without_the_fused_step_resumes_with_it_under_a_grad_scaler(monkeypatch):
+    import ee_timm.builders as builders
+
+    recipe = digits()
+    model = build_model(recipe, 10)
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
+
+    def one_step(opt, scaler=None):
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=scaler is not None):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+
+    with monkeypatch.context() as m:  # as a run of an ee before the fused step saved it
+        m.setattr(builders, "has_fused_kernels", lambda model: False)
+        unfused = build_optimizer(recipe, model)
+    one_step(unfused)
+    saved = copy.deepcopy(unfused.state_dict())
+
+    plain = build_optimizer(recipe, model)
+    plain.load_state_dict(saved)  # torch's own load takes the checkpoint's fused=None
+    with pytest.raises(AssertionError, match="grad_scale"):
+        one_step(plain, torch.amp.GradScaler("cpu"))
+
+    resumed = build_optimizer(recipe, model)
+    load_optimizer_state(resumed, saved)
+    assert {g["fused"] for g in resumed.param_groups} == {True}
+    in_order = [p for g in resumed.param_groups for p in g["params"]]  # state_dict's numbering
+    for i, p in enumerate(in_order):
+        kept = saved["state"][i]["momentum_buffer"]
+        assert torch.equal(resumed.state[p]["momentum_buffer"], kept)
+    one_step(resumed, torch.amp.GradScaler("cpu"))  # steps: the scaler's flag goes to the kernel
 
 
 def param_names(model, optimizer):

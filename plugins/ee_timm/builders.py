@@ -70,6 +70,20 @@ def has_fused_kernels(model: nn.Module) -> bool:
     return len(devices) == 1 and devices <= set(_get_fused_kernels_supported_devices())
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, keeping how this optimiser steps (fused or not).
+
+    torch restores each group's ``fused``/``foreach`` from the checkpoint; a run saved without
+    the fused kernel (an older ee, another device) would then step unfused while GradScaler,
+    seeing a fused optimiser, hands it its scale, which the unfused step refuses.
+    """
+    keys = ("fused", "foreach")
+    built = [{k: g[k] for k in keys if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, flags in zip(optimizer.param_groups, built, strict=True):
+        group.update(flags)
+
+
 def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer) -> Any:
     """timm's cosine schedule with linear warm-up from ``warmup_lr``, stepped per epoch."""
     scheduler, _ = create_scheduler_v2(

@@ -20,7 +20,7 @@ from torch import nn
 from ensemble_engine.losses import create_loss
 
 from . import checkpoint as ck
-from .builders import build_model, build_optimizer, build_scheduler
+from .builders import build_model, build_optimizer, build_scheduler, load_optimizer_state
 from .distributed import TorchGroup, average_batch_norm, wrap_model
 from .progress import TrainProgress
 from .readings import READ_EVERY, LossWatch, evaluate, evaluation_sums, percentages
@@ -72,7 +72,7 @@ class TrainingSession:
 
     def restore(self, saved: dict[str, Any]) -> None:
         self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
+        load_optimizer_state(self.optimizer, saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
         if self.ema is not None:
