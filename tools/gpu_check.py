@@ -182,8 +182,9 @@ def produce(work: Path, device: str, cfg: dict[str, Any]) -> dict[str, Any]:
 def syncs(work: Path, device: str, cfg: dict[str, Any]) -> dict[str, Any]:
     """``ee produce`` (2 epochs, then val and test at one size with 4 views) under CUDA's sync
     debug mode: every operation that waits for the GPU, counted by the innermost line of ee's
-    code that led to it. Expected: the loss check every READ_EVERY steps, two per validation
-    pass and per prediction split, nothing per training step or per prediction batch."""
+    code that led to it. Expected: the loss check every READ_EVERY steps, the checkpoint
+    snapshot once per epoch (a copy per tensor), two per validation pass and a few per
+    prediction split; nothing per training step or per prediction batch."""
     from ensemble_engine.cli import build_cli
 
     root = str(Path(__file__).resolve().parents[1]) + os.sep
