@@ -185,21 +185,17 @@ def syncs(work: Path, device: str, cfg: dict[str, Any]) -> dict[str, Any]:
     code that led to it. Expected: the loss check every READ_EVERY steps, the checkpoint
     snapshot once per epoch (a copy per tensor), two per validation pass and a few per
     prediction split; nothing per training step or per prediction batch."""
+    from host_reads import ee_line
+
     from ensemble_engine.cli import build_cli
 
-    root = str(Path(__file__).resolve().parents[1]) + os.sep
     counts: Counter[str] = Counter()
     shown = warnings.showwarning
 
     def hook(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
         if "synchroniz" not in str(message):
             return shown(message, category, filename, lineno, file, line)
-        ours = [
-            f for f in traceback.extract_stack()
-            if f.filename.startswith(root) and "/tools/" not in f.filename
-        ]  # fmt: skip
-        where = ours[-1] if ours else None
-        counts[f"{where.filename.removeprefix(root)}:{where.lineno}" if where else filename] += 1
+        counts[ee_line() or f"{filename}:{lineno}"] += 1
 
     args = [
         *f"produce resnet10t-ce --epochs 2 --device {device} --amp --set warmup_epochs=0".split(),

@@ -40,20 +40,27 @@ ON_A_GPU = {
 }
 
 
+def ee_line() -> str | None:
+    """``path:line:function`` of the innermost frame of ee's own code (tools left out) on the
+    current stack: the line that led to what is being counted; None outside ee's code."""
+    ours = [
+        f
+        for f in traceback.extract_stack()
+        if f.filename.startswith(ROOT) and os.sep + "tools" + os.sep not in f.filename
+    ]
+    if not ours:
+        return None
+    return f"{ours[-1].filename.removeprefix(ROOT)}:{ours[-1].lineno}:{ours[-1].name}"
+
+
 def count_host_reads() -> Counter[tuple[str, str]]:
     """Wrap the reading methods of ``torch.Tensor``; the counter fills as they are called."""
     reads: Counter[tuple[str, str]] = Counter()
 
     def wrap(name: str, method):  # type: ignore[no-untyped-def]
         def counted(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-            frames = [
-                f
-                for f in traceback.extract_stack()[:-1]
-                if f.filename.startswith(ROOT) and "/tools/" not in f.filename
-            ]
-            if frames:
-                frame = frames[-1]
-                where = f"{frame.filename.removeprefix(ROOT)}:{frame.lineno}:{frame.name}"
+            where = ee_line()
+            if where is not None:
                 reads[(where, name)] += 1
             return method(self, *args, **kwargs)
 
