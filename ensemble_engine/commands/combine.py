@@ -37,6 +37,13 @@ DEFAULT_STORE = "ee.zarr"
     is_flag=True,
     help="Print the expanded graph and what is cached; write nothing.",
 )
+@click.option(
+    "--output",
+    "output",
+    metavar="NODE",
+    help="Run NODE and the nodes it reads only (e.g. stage2 before specialists exist); "
+    "the rest of the graph is not checked and is listed as left out.",
+)
 @click.option("--force", is_flag=True, help="Recompute every node, cached or not.")
 @click.option(
     "--workers",
@@ -52,6 +59,7 @@ def combine_command(
     store_path: str | None,
     sets: tuple[str, ...],
     plan_only: bool,
+    output: str | None,
     force: bool,
     workers: int,
     as_json: bool,
@@ -64,7 +72,11 @@ def combine_command(
     """
     spec = load_graph(graph, parse_set_option(sets))
     path = store_path or spec.store or DEFAULT_STORE
-    the_plan = plan(spec, open_store(path, "r"))
+    the_plan = plan(spec, open_store(path, "r"), output=output)
+    if the_plan.left_out:
+        click.echo(
+            f"left out (not read by {the_plan.output}): {_short(the_plan.left_out, 8)}", err=True
+        )
     if plan_only:
         for node in the_plan.nodes if force else ():
             node.cached = False  # show what a forced run would do
@@ -128,6 +140,7 @@ def _header(the_plan: Plan) -> dict:
         "fit": the_plan.fit,
         "splits": the_plan.splits,
         "output": the_plan.output,
+        "left_out": the_plan.left_out,
     }
 
 

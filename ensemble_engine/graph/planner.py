@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..combiner import Combiner
+from ..errors import GraphError
 from ..plugins import get_host
 from ..store import PredictionStore
 from .expand import Node, expand, where_selectors
@@ -55,6 +57,7 @@ class Plan:
     output: str
     # attrs of every complete stored prediction on the plan's splits, as read while planning
     stored_attrs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, repr=False)
+    left_out: list[str] = field(default_factory=list)  # nodes not planned (``--output``)
 
     def node(self, node_id: str) -> PlannedNode:
         return next(n for n in self.nodes if n.id == node_id)
@@ -65,26 +68,43 @@ def digest(value: Any) -> str:
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def plan(spec: GraphSpec, store: PredictionStore) -> Plan:
-    """Expand, resolve and check the whole graph against ``store``; nothing is written."""
+def plan(spec: GraphSpec, store: PredictionStore, output: str | None = None) -> Plan:
+    """Expand, resolve and check the whole graph against ``store``; nothing is written.
+
+    ``output`` (``ee combine --output NODE``) plans that node and its ancestors only: the other
+    nodes are neither checked nor run, and are listed in ``Plan.left_out``. Without it every node
+    of the graph is planned (nodes the graph's output does not read included).
+    """
     splits = _check_splits(spec, store)
     index = StoreIndex(store, splits, spec.name)
     nodes = expand(spec, index.discover)
     all_ids = {n.id for n in nodes}
     nodes = [n for n in nodes if not (n.auto and _selects_nothing(n, index, all_ids))]
     ids = [n.id for n in nodes]
+    if output is not None and output not in ids:
+        raise GraphError(
+            f"{spec.source}: --output {output!r} is not a node of the graph; "
+            f"name one of {', '.join(ids[:6])}{', …' if len(ids) > 6 else ''}"
+        )
     if spec.output not in ids:
         raise spec.error(
             spec.line("output"),
             f"output {spec.output!r} is not a node of the graph",
             f"name one of {', '.join(ids[:6])}",
         )
-    _check_name_clashes(spec, nodes, index)
     host = get_host()
-    entries = {n.id: combiner_entry(spec, n, host) for n in nodes}
+    by_id = {n.id: n for n in nodes}
+    entries = _Entries(spec, by_id, host)
     resolver = Resolver(index, ids)
     planned: dict[str, PlannedNode] = {}
-    for n in nodes:
+    # Without --output every node is planned; with it, the output and what it reads, found by
+    # following resolved node inputs (so nodes left out are never resolved or checked).
+    todo = [output] if output is not None else list(reversed(ids))
+    while todo:
+        node_id = todo.pop()
+        if node_id in planned:
+            continue
+        n = by_id[node_id]
         entry, factory, params = entries[n.id]
         roles = {
             role.name: role_refs(spec, n, role, sel, resolver, entries)
@@ -102,6 +122,10 @@ def plan(spec: GraphSpec, store: PredictionStore) -> Plan:
             n.binding,
             spec.line("nodes", n.template.key),
         )
+        todo.extend(r.name for refs in roles.values() for r in refs if r.node)
+    left_out = [i for i in ids if i not in planned]
+    nodes = [n for n in nodes if n.id in planned]
+    _check_name_clashes(spec, nodes, index)
     order = _topological(spec, nodes, planned)
     fit_fp = index.fingerprints[spec.fit]
     for pn in order:
@@ -127,7 +151,31 @@ def plan(spec: GraphSpec, store: PredictionStore) -> Plan:
         for name, per_split in index.by_name.items()
         for split, pred in per_split.items()
     }
-    return Plan(spec, store.path, store.classes, spec.fit, splits, order, spec.output, stored)
+    target = output if output is not None else spec.output
+    return Plan(spec, store.path, store.classes, spec.fit, splits, order, target, stored, left_out)
+
+
+class _Entries(Mapping[str, Any]):
+    """Each node's combiner entry and checked params, looked up when a node is first needed.
+
+    ``role_refs`` asks it whether an input name is a node (``in``) and what that node's combiner
+    writes; checking params lazily keeps nodes left out by ``--output`` unchecked.
+    """
+
+    def __init__(self, spec: GraphSpec, nodes: dict[str, Node], host: Any) -> None:
+        self._spec, self._nodes, self._host = spec, nodes, host
+        self._done: dict[str, Any] = {}
+
+    def __getitem__(self, node_id: str) -> Any:
+        if node_id not in self._done:
+            self._done[node_id] = combiner_entry(self._spec, self._nodes[node_id], self._host)
+        return self._done[node_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._nodes)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
 
 
 def _check_splits(spec: GraphSpec, store: PredictionStore) -> list[str]:

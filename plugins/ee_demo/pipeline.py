@@ -123,17 +123,14 @@ def train_all(
 
 
 def combine(run: DemoRun, *, upto: str | None = None) -> list[NodeResult]:
-    """Run the demo graph; with ``upto``, without the final node and with ``upto`` as output.
+    """Run the demo graph, as ``ee combine GRAPH [--output NODE]`` does.
 
-    The first pass needs ``upto``: the final node reads specialists that do not exist yet. Its
-    nodes keep the graph file's name, so the second, full pass finds them cached.
+    The first pass runs ``upto`` and the nodes it reads only (``--output``): the final node
+    reads specialists that do not exist yet. The second, full pass finds them cached.
     """
     spec = load_graph(run.graph_path)
-    if upto is not None:
-        spec.nodes = [t for t in spec.nodes if t.key != FINAL]
-        spec.output = upto
     store = open_store(run.store_path, "a")
-    return execute(plan(spec, store), store)
+    return execute(plan(spec, store, output=upto), store)
 
 
 def find_weak(run: DemoRun) -> list[str]:
