@@ -610,21 +610,111 @@ def test_weights_refresh_every_update_every_calls():
     assert lazy.class_weights[1] > lazy.class_weights[0]
 
 
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("kind", ["int", "soft"])
-def test_dsb_focal_is_focal_weighted_by_class_weights(kind, reduction):
-    loss = create_loss("dsb_focal", num_classes=K, update_every=1, reduction=reduction)
+def ref_sigmoid(v: float) -> float:
+    return 1.0 / (1.0 + math.exp(-v))
+
+
+def ref_dsb_sigmoid(x, y, gamma, weights) -> list[float]:
+    """Seed eq. 8 for a sample of class c: -w_c sum_i (1 - p_ti)^gamma log p_ti with
+    p_ti = sigmoid(z_i) for i = c, 1 - sigmoid(z_i) otherwise; a soft row averages over its
+    classes (sum_c y_c * that), looped class by class."""
+    rows = []
+    for n in range(N):
+        total = 0.0
+        for c in range(K):
+            if y[n, c] == 0:
+                continue
+            inner = 0.0
+            for i in range(K):
+                s = ref_sigmoid(x[n, i])
+                p_t = s if i == c else 1.0 - s
+                inner += -((1.0 - p_t) ** gamma) * math.log(p_t)
+            total += y[n, c] * weights[c] * inner
+        rows.append(total)
+    return rows
+
+
+def fed_dsb_focal(reduction: str, **params) -> torch.nn.Module:
+    """A dsb_focal loss fed features in which class k spreads k+1 times wider than class 0."""
+    loss = create_loss("dsb_focal", num_classes=K, update_every=1, reduction=reduction, **params)
     gen = torch.Generator().manual_seed(2)
     labels = torch.arange(K).repeat_interleave(4)
-    scale = (labels.float() + 1).unsqueeze(1)  # class k's features spread k+1 times wider
+    scale = (labels.float() + 1).unsqueeze(1)
     loss.update_features(
         torch.ones(len(labels), 8) + torch.randn(len(labels), 8, generator=gen) * scale / 10, labels
     )
+    return loss
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("kind", ["int", "soft"])
+def test_dsb_focal_softmax_form_is_focal_weighted_by_class_weights(kind, reduction):
+    loss = fed_dsb_focal(reduction, form="softmax")
     weights = loss.class_weights.tolist()
     assert weights == sorted(weights, reverse=True) and len(set(weights)) == K
     logits, target = batch(kind)
     x, y = as_numpy(logits, target)
     check(loss, logits, target, ref_focal(x, y, 2.0, weights), reduction)
+
+
+@pytest.mark.parametrize("gamma", [2.0, 0.5, 0.0])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("kind", ["int", "soft"])
+def test_dsb_focal_default_is_the_seeds_sigmoid_equation(kind, reduction, gamma):
+    loss = fed_dsb_focal(reduction, gamma=gamma)
+    assert loss.form == "sigmoid"
+    weights = loss.class_weights.tolist()
+    assert weights == sorted(weights, reverse=True) and len(set(weights)) == K
+    logits, target = batch(kind)
+    x, y = as_numpy(logits, target)
+    check(loss, logits, target, ref_dsb_sigmoid(x, y, gamma, weights), reduction)
+
+
+def test_dsb_focal_hand_computed_two_classes():
+    # z = (0, ln 3): s = (1/2, 3/4). Class 0 with weights (2, 1/2), gamma 2:
+    # 2 * [-(1/2)^2 ln(1/2) - (3/4)^2 ln(1/4)] = 2 * (ln2/4 + 9 ln2/8) = 11 ln2 / 4
+    loss = create_loss("dsb_focal", num_classes=2)
+    loss.class_weights.copy_(torch.tensor([2.0, 0.5]))
+    logits = torch.tensor([[0.0, math.log(3.0)]])
+    assert loss(logits, torch.tensor([0])).item() == pytest.approx(11 * math.log(2) / 4, rel=1e-6)
+    # class 1: 1/2 * [-(1/2)^2 ln(1/2) - (1/4)^2 ln(3/4)] = ln2/8 - ln(3/4)/32
+    expected = math.log(2) / 8 - math.log(0.75) / 32
+    assert loss(logits, torch.tensor([1])).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_dsb_focal_raw_weights_are_inverse_scales_in_bits():
+    raw = fed_dsb_focal("mean", normalize=False)
+    scales = raw.scales.numpy()
+    np.testing.assert_allclose(raw.class_weights.numpy(), 1.0 / scales, rtol=1e-6)
+    normalised = fed_dsb_focal("mean")
+    np.testing.assert_allclose(
+        normalised.class_weights.numpy(), (1 / scales) / np.mean(1 / scales), rtol=1e-6
+    )
+
+
+def test_dsb_focal_state_resumes_the_pools_and_the_update_count():
+    spread, tight = spread_and_tight_features()
+    features, labels = torch.cat([spread, tight]), torch.tensor([0] * 10 + [1] * 6)
+    loss = create_loss("dsb_focal", num_classes=2, pool_size=4, update_every=3)
+    loss.update_features(features[:5], labels[:5])
+    state = loss.state_dict()
+    assert {"feature_pool", "pool_count", "pool_next", "stale", "_extra_state"} <= set(state)
+    resumed = create_loss("dsb_focal", num_classes=2, pool_size=4, update_every=3)
+    resumed.load_state_dict(state)
+    for each in (loss, resumed):  # the third call refreshes both: same pools, same count
+        each.update_features(features[5:10], labels[5:10])
+        assert torch.equal(each.class_weights, torch.ones(2))
+        each.update_features(features[10:], labels[10:])
+    assert not torch.equal(loss.class_weights, torch.ones(2))
+    for key, value in loss.state_dict().items():
+        other = resumed.state_dict()[key]
+        assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other
+
+
+@pytest.mark.parametrize("params", [{"form": "focal"}, {"normalize": "yes"}])
+def test_dsb_focal_refuses_unknown_forms(params):
+    with pytest.raises(RecipeError, match="form|normalize"):
+        create_loss("dsb_focal", **params)
 
 
 def test_dsb_focal_sizes_at_first_forward_and_round_trips_its_weights():

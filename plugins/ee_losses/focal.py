@@ -1,10 +1,12 @@
-"""Softmax focal loss (Lin et al. 2017), the shared maths of ``focal`` and ``dsb_focal``."""
+"""Focal loss (Lin et al. 2017): the softmax form (``focal``, ``dsb_focal form=softmax``) and the
+sigmoid form of class-balanced focal loss (Cui et al. 2019), which ``dsb_focal`` uses by default."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ensemble_engine.errors import RecipeError
@@ -31,6 +33,33 @@ def focal_per_sample(
             )
         terms = terms * class_weights.to(device=logits.device, dtype=logits.dtype)
     return terms.sum(dim=1)
+
+
+def sigmoid_focal_per_sample(
+    logits: Tensor, target: Tensor, gamma: float, class_weights: Tensor | None = None
+) -> Tensor:
+    """Class-weighted sigmoid focal loss per row, ``sum_c y_c w_c L(z, c)``.
+
+    For a sample of class c, ``L(z, c) = -sum_k (1 - p_tk)^gamma log p_tk`` over all classes k
+    with ``p_tk = sigmoid(z_k)`` for k = c and ``1 - sigmoid(z_k)`` otherwise (one-vs-all, eq. 7
+    of the seed; Cui et al.'s class-balanced focal loss), and the sample's weight is its class's,
+    ``w_c`` (eq. 8). A soft target gives the expectation over its classes, so a mixup/cutmix row
+    ``lam a + (1 - lam) b`` costs ``lam w_a L(z, a) + (1 - lam) w_b L(z, b)``. Written out:
+    ``L(z, c) = pos_c - neg_c + sum_k neg_k`` with ``pos_k = -(1 - s_k)^gamma log s_k`` and
+    ``neg_k = -s_k^gamma log(1 - s_k)``, all from ``logsigmoid`` (finite at any logit).
+    """
+    log_s, log_1ms = F.logsigmoid(logits), F.logsigmoid(-logits)
+    pos = -torch.exp(gamma * log_1ms) * log_s
+    neg = -torch.exp(gamma * log_s) * log_1ms
+    weighted = target
+    if class_weights is not None:
+        if class_weights.numel() != logits.shape[1]:
+            raise RecipeError(
+                f"focal loss has {class_weights.numel()} class weights for {logits.shape[1]} "
+                f"classes; give one weight per class"
+            )
+        weighted = target * class_weights.to(device=logits.device, dtype=logits.dtype)
+    return (weighted * (pos - neg)).sum(dim=1) + weighted.sum(dim=1) * neg.sum(dim=1)
 
 
 class FocalLoss(ClassificationLoss):
