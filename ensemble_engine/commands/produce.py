@@ -110,7 +110,7 @@ def explicit_overrides(ctx: click.Context, options: dict[str, Any]) -> dict[str,
 def read_class_list(path: Path) -> list[str]:
     """Class ids, one per line (as ``ee weak-classes`` writes them); ``#`` starts a comment."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is not a class id
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read class list {path}: {exc}; give a UTF-8 text file") from None
     ids = [line.split("#", 1)[0].strip() for line in lines]
