@@ -16,8 +16,9 @@ import click
 import numpy as np
 
 from ..combiner import OTHER
-from ..errors import EEError, StoreError
+from ..errors import StoreError
 from ..metrics import per_class_accuracy
+from ..outputs import STDOUT, is_stdout, write_output
 from ..store import PredictionStore, open_store, parse_id
 
 
@@ -91,8 +92,8 @@ def _table(rows: list[ClassAccuracy]):
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the weak class ids here, one per line (default: stdout).",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="Write the weak class ids here, one per line (default or '-': stdout).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print every class's accuracy as JSON.")
 def weak_classes_command(
@@ -116,13 +117,9 @@ def weak_classes_command(
     weak = weak_classes(accuracies, threshold)
     weak_ids = {a.cls for a in weak}  # the file lists them in class order
     text = "".join(f"{a.cls}\n" for a in accuracies if a.cls in weak_ids)
-    if output is not None:
-        try:
-            output.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise EEError(
-                f"cannot write {output}: {exc.strerror or exc}; choose another -o"
-            ) from None
+    to_stdout = is_stdout(output)
+    if not to_stdout:
+        write_output(output, text)  # type: ignore[arg-type]
     if as_json:
         payload = {
             "prediction": f"{name}/{split}",
@@ -132,11 +129,11 @@ def weak_classes_command(
         }
         click.echo(json.dumps(payload, indent=2))
         return
-    console = Console(stderr=output is None)
+    console = Console(stderr=to_stdout)
     console.print(f"{name}/{split}: {len(weak)} of {len(accuracies)} classes below {threshold:g}")
     if weak:
         console.print(_table(weak))
-    if output is None:
-        click.echo(text, nl=False)
+    if to_stdout:
+        write_output(STDOUT, text)
     else:
         console.print(f"wrote {output} ({len(weak)} class ids)")

@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..errors import EEError, StoreError
+from ..errors import StoreError
+from ..outputs import STDOUT, is_stdout, write_output
 from ..store import open_store, parse_id
 
 
@@ -36,9 +37,10 @@ def submission_csv(sample_ids: np.ndarray, ranked: np.ndarray) -> str:
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
     default=None,
-    help="Write to a file instead of stdout.",
+    help="Write to this file instead of stdout ('-': stdout). A device or FIFO is written "
+    "directly, a symlink's target is replaced whole.",
 )
 def export_command(store: str, pred_id: str, top_k: int, output: Path | None) -> None:
     """Export prediction ID (NAME/SPLIT, e.g. final/test) as a VIPriors submission CSV."""
@@ -63,16 +65,6 @@ def export_command(store: str, pred_id: str, top_k: int, output: Path | None) ->
     else:
         ranked = np.argsort(-data, axis=1, kind="stable")[:, :top_k]
     text = submission_csv(st.split(split).sample_ids, ranked)
-    if output is None:
-        click.echo(text, nl=False)
-    else:
-        tmp = output.with_name(output.name + ".part")
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(output)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise EEError(
-                f"cannot write {output}: {exc.strerror or exc}; choose a writable file with -o"
-            ) from None
+    write_output(STDOUT if output is None else output, text)
+    if not is_stdout(output):
         click.echo(f"wrote {output} ({len(ranked)} rows)", err=True)

@@ -31,10 +31,10 @@ from ensemble_engine.hookspecs import hookimpl
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
     default=Path("report.html"),
     show_default=True,
-    help="Where to write the HTML page.",
+    help="Where to write the HTML page ('-': stdout).",
 )
 def report_command(store: str, graph: str | None, splits: tuple[str, ...], output: Path) -> None:
     """Write an HTML report of STORE: scores, error agreement, coverage, the fusion graph."""
@@ -44,8 +44,10 @@ def report_command(store: str, graph: str | None, splits: tuple[str, ...], outpu
 
     report = build_report(open_store(store, "r"), graph=graph, splits=splits or None)
     path = write_report(report, output)
-    click.echo(str(path))
-    click.echo(report.summary)
+    to_stdout = str(output) == "-"  # the page is stdout: what is said about it goes to stderr
+    if not to_stdout:
+        click.echo(str(path))
+    click.echo(report.summary, err=to_stdout)
 
 
 @hookimpl

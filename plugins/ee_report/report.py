@@ -6,13 +6,12 @@ outputs, a coverage node), so a report of a half-built store is still useful.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ensemble_engine.outputs import OutputError, is_stdout, write_output
 from ensemble_engine.store import PredictionStore
 
 from . import figures
@@ -83,20 +82,19 @@ def build_report(
 
 
 def write_report(report: Report, path: str | Path) -> Path:
-    """Write through a temporary file in the same folder, then rename: never a half page."""
+    """Write the page with ``ensemble_engine.outputs.write_output``: a regular file is replaced
+    whole (never a half page), a device or FIFO is written directly, ``-`` is stdout. A missing
+    folder is created."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(report.html)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a report is not
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    if not is_stdout(path) and not target.parent.exists():
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot create the folder {target.parent}: {exc.strerror or exc}; "
+                "choose a writable file with -o"
+            ) from None
+    write_output(path, report.html)
     return target
 
 
