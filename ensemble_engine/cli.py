@@ -35,24 +35,38 @@ def _usage_line(exc: click.UsageError) -> UserError:
     return UserError(f"{' '.join(exc.format_message().split())} (see `{where} --help`)")
 
 
-# What the machine refuses, not a bug in ee: the user frees space or fixes permissions.
-_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
-_NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS}
+# What the machine refuses is not a bug in ee: every OSError that reaches the command line is
+# one line naming the errno and the fix (writers delete what they had started, so nothing is
+# half-written). ``--debug`` shows the traceback.
+_FIXES = {
+    errno.ENOSPC: "free some space and run the command again",
+    errno.EDQUOT: "free some space (or raise the quota) and run the command again",
+    errno.EFBIG: "the file size limit is reached: raise it (`ulimit -f unlimited`) or write "
+    "somewhere without a limit",
+    errno.EACCES: "check the permissions there, or use another path",
+    errno.EPERM: "check the permissions there, or use another path",
+    errno.EROFS: "check the permissions there, or use another path (the filesystem is read-only)",
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "check the path",
+    errno.EIO: "the device reported an I/O error: check the disk, then run the command again",
+}
 
 
 def _os_error_line(exc: OSError) -> UserError:
     where = f": {exc.filename}" if exc.filename else ""
-    fix = (
-        "free some space and run the command again"
-        if exc.errno in _NO_SPACE
-        else "check the permissions there, or use another path"
+    code = errno.errorcode.get(exc.errno or 0)
+    what = f"{exc.strerror or exc}" + (f" ({code})" if code else "")
+    fix = _FIXES.get(
+        exc.errno or 0,
+        "check the path and the disk, then run the command again (ee --debug "
+        "shows where it failed)",
     )
-    return UserError(f"{exc.strerror or exc}{where}; {fix}")
+    return UserError(f"{what}{where}; {fix}")
 
 
 class EEGroup(click.Group):
-    """Turns the project's own errors, click's usage errors and a full disk or a refused write
-    into one-line messages."""
+    """Turns the project's own errors, click's usage errors and what the system refuses (a full
+    disk, a file size limit, a refused write) into one-line messages."""
 
     def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
         try:
@@ -69,8 +83,8 @@ class EEGroup(click.Group):
             if (ctx.obj or {}).get("debug"):
                 raise
             raise UserError(str(exc)) from None
-        except OSError as exc:  # a full disk or a read-only folder, mid-write
-            if (ctx.obj or {}).get("debug") or exc.errno not in _NO_SPACE | _NOT_ALLOWED:
+        except OSError as exc:  # a full disk, a file size limit, a read-only folder, mid-write
+            if (ctx.obj or {}).get("debug"):
                 raise
             raise _os_error_line(exc) from None
 
