@@ -1,11 +1,14 @@
 """Row-chunked arrays moved chunk by chunk, straight between files and numpy buffers.
 
 Scores are plain zarr v3 arrays chunked by rows only, every class of a row in one chunk, with the
-``bytes`` codec alone (schemas/README.md, "Container"). In a local folder a chunk is therefore one
-file of raw little-endian rows, and ``RowChunks`` moves it with one system call into or out of a
-numpy buffer; zarr's general path copies each chunk two or three times and crosses its event loop
-per call (``tools/bench_store.py`` measures the difference). Any other store or layout (a URL, an
-array another tool compressed) goes through zarr unchanged.
+``bytes`` and ``crc32c`` codecs (schemas/README.md, "Container"). In a local folder a chunk is
+therefore one file of raw little-endian rows and their checksum, and ``RowChunks`` moves it with
+one system call into or out of a numpy buffer (``chunk_files.ChunkFile``, which verifies the
+checksum on every read); zarr's general path copies each chunk two or three times and crosses
+its event loop per call (``tools/bench_store.py`` measures the difference). Any other store or
+layout (a URL, an array another tool compressed) goes through zarr, whose codec verifies the
+checksum; a chunk missing there is found from the store's listing, since zarr would read it as
+the fill value.
 
 Large reads and writes are cut into parts at chunk boundaries and run at once on the calling
 thread and the I/O threads (``io_pool.in_parallel``).
@@ -20,8 +23,10 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
+from .chunk_files import CRC_CODEC, PLAIN_CODEC, ChunkFile, DamagedChunk, FileDamage, chunk_damage
 from .float16 import PASS_ITEMS, widen_float16
 from .io_pool import in_parallel, io_threads
 
@@ -31,10 +36,13 @@ if TYPE_CHECKING:
 # Rows per chunk: about 2 MiB of scores, all classes of a row in one chunk, so a row-streaming
 # reader touches each chunk exactly once, and a graph streaming 66 inputs holds 66 chunks.
 TARGET_CHUNK_BYTES = 2 * 1024 * 1024
-_PLAIN_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}]
+# The codecs ee writes (``CODECS``), and those of stores written before the checksum.
+CODECS = [PLAIN_CODEC, CRC_CODEC]
+_UNCHECKED = [PLAIN_CODEC]
 # ``check(rows)`` raises to refuse rows; a write calls it on each chunk's rows just before writing
 # them, while they are in cache (one pass over memory instead of a check pass, then a write pass).
 Check = Callable[[np.ndarray], None]
+_WRITE_EMPTY = {"write_empty_chunks": True}
 
 
 def chunk_rows_for(n_classes: int, itemsize: int) -> int:
@@ -43,21 +51,25 @@ def chunk_rows_for(n_classes: int, itemsize: int) -> int:
     return int(max(64, min(rows, 65536)))
 
 
-def _plain_local_folder(arr: zarr.Array) -> str | None:
-    """The array's folder if its chunks are files of raw little-endian rows, else None."""
+def _plain_local_folder(arr: zarr.Array) -> tuple[str | None, bool]:
+    """The array's folder if its chunks are files of raw little-endian rows (else None), and
+    whether each ends in its CRC32C checksum."""
     store = arr.store_path.store
     meta = arr.metadata.to_dict()
+    codecs = [dict(c) for c in meta.get("codecs", ())]
     plain = (
         isinstance(store, LocalStore)
         and sys.byteorder == "little"
         and meta.get("zarr_format") == 3
-        and [dict(c) for c in meta.get("codecs", ())] == _PLAIN_CODECS
+        and codecs in (CODECS, _UNCHECKED)
         and not meta.get("storage_transformers")
         and (meta.get("chunk_grid") or {}).get("name") == "regular"
         and tuple(arr.chunks[1:]) == tuple(arr.shape[1:])
         and np.dtype(arr.dtype) in (np.float16, np.float32, np.int32)
     )
-    return os.path.join(store.root, arr.store_path.path) if plain else None
+    if not plain:
+        return None, False
+    return os.path.join(store.root, arr.store_path.path), codecs == CODECS
 
 
 class RowChunks:
@@ -69,17 +81,49 @@ class RowChunks:
     """
 
     def __init__(self, arr: zarr.Array) -> None:
-        self.arr = arr
+        # every chunk is written, even one holding only the fill value: a missing chunk is damage
+        self.arr = arr if arr.config.write_empty_chunks else arr.with_config(_WRITE_EMPTY)
         self.n, self.step = int(arr.shape[0]), int(arr.chunks[0])
         self.dtype = np.dtype(arr.dtype)
         self.row_shape = tuple(int(s) for s in arr.shape[1:])
         self.row_bytes = self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
-        self.folder = _plain_local_folder(arr)
+        self.folder, self.checksum = _plain_local_folder(arr)
+        self._listed: set[str] | None = None  # the stored chunk keys (zarr path), listed once
 
-    def _path(self, chunk: int) -> str:  # plain strings: pathlib's parsing costs per chunk
+    @property
+    def chunk_count(self) -> int:
+        return -(-self.n // self.step)
+
+    def key(self, chunk: int) -> str:
+        return self.arr.metadata.encode_chunk_key((chunk,) + (0,) * len(self.row_shape))
+
+    def _file(self, chunk: int) -> ChunkFile:  # plain strings: pathlib's parsing costs per chunk
         assert self.folder is not None
-        key = self.arr.metadata.encode_chunk_key((chunk,) + (0,) * len(self.row_shape))
-        return f"{self.folder}/{key}"
+        path = f"{self.folder}/{self.key(chunk)}"
+        return ChunkFile(path, self.step, self.row_bytes, self.checksum)
+
+    def _damage(self, chunk: int, problem: str) -> DamagedChunk:
+        return chunk_damage(self.arr.store_path.path, self.key(chunk), problem)
+
+    def missing(self) -> list[int]:
+        """The chunks of this array that are not stored, from one listing of the store."""
+        prefix = f"{self.arr.store_path.path}/"
+
+        async def listing() -> set[str]:
+            store = self.arr.store_path.store
+            return {k.removeprefix(prefix) async for k in store.list_prefix(prefix)}
+
+        self._listed = sync(listing())
+        return [c for c in range(self.chunk_count) if self.key(c) not in self._listed]
+
+    def _check_stored(self, start: int, stop: int) -> None:
+        """Chunks of rows ``start:stop`` are stored (zarr would read a missing one as fill)."""
+        if self._listed is None:
+            self.missing()
+        assert self._listed is not None
+        for c in range(start // self.step, -(-stop // self.step)):
+            if self.key(c) not in self._listed:
+                raise self._damage(c, "is missing")
 
     def read(self, start: int = 0, stop: int | None = None, dtype: Any = None) -> np.ndarray:
         """Rows ``start:stop`` as a new array of ``dtype`` (default: the stored one).
@@ -120,38 +164,25 @@ class RowChunks:
 
     def _read_into(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
         if self.folder is None:
-            out[...] = self.arr[start:stop]
+            self._check_stored(start, stop)
+            try:
+                out[...] = self.arr[start:stop]
+            except ValueError as exc:  # zarr's crc32c codec, or a chunk of the wrong size
+                first, last = start // self.step, (stop - 1) // self.step
+                problem = f"(or one up to chunk {last}) cannot be decoded: {exc}"
+                raise self._damage(first, problem) from None
             return out
         rows_per_pass = max(1, PASS_ITEMS * 4 // max(1, self.row_bytes))
-        scratch = np.empty((0, *self.row_shape), self.dtype)
-        if out.dtype != self.dtype:
-            scratch = np.empty((min(rows_per_pass, len(out)), *self.row_shape), self.dtype)
+        scratch = np.empty((min(rows_per_pass, self.step), *self.row_shape), self.dtype)
+        cast = None if out.dtype == self.dtype else _cast
         for c in range(start // self.step, -(-stop // self.step)):
-            lo, hi = max(start, c * self.step), min(stop, (c + 1) * self.step)
-            if out.dtype == self.dtype:
-                self._read_file(c, lo, hi, out[lo - start : hi - start])
-                continue
-            for a in range(lo, hi, rows_per_pass):  # widen while the rows are in cache
-                b = min(hi, a + rows_per_pass)
-                self._read_file(c, a, b, scratch[: b - a])
-                _cast(scratch[: b - a], out[a - start : b - start])
+            c0 = c * self.step
+            lo, hi = max(start, c0), min(stop, c0 + self.step)
+            try:  # float16 is widened piece by piece while the rows are in cache
+                self._file(c).read(lo - c0, hi - c0, out[lo - start : hi - start], scratch, cast)
+            except FileDamage as exc:
+                raise self._damage(c, exc.problem) from None
         return out
-
-    def _read_file(self, chunk: int, lo: int, hi: int, dst: np.ndarray) -> None:
-        path, view = self._path(chunk), memoryview(dst).cast("B")
-        try:
-            with open(path, "rb", buffering=0) as f:
-                size = os.fstat(f.fileno()).st_size
-                f.seek((lo - chunk * self.step) * self.row_bytes)
-                got = 0
-                while got < len(view) and (part := f.readinto(view[got:])):
-                    got += part
-        except FileNotFoundError:  # zarr leaves chunks holding only the fill value unwritten
-            dst[...] = self.arr.fill_value
-            return
-        if size != self.step * self.row_bytes or got != len(view):  # as zarr's bytes codec would
-            key = path[len(self.folder) + 1 :]  # type: ignore[arg-type]
-            raise ValueError(f"chunk {key} holds {size} bytes, not {self.step * self.row_bytes}")
 
     def write_chunk(self, chunk: int, rows: np.ndarray, check: Check | None = None) -> None:
         """Write chunk ``chunk`` whole from ``rows``, all its rows (the last chunk has fewer)."""
@@ -161,14 +192,9 @@ class RowChunks:
         if self.folder is None:
             self.arr[start : start + len(rows)] = rows
             return
-        path = self._path(chunk)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        data = np.ascontiguousarray(rows, dtype=self.dtype)
-        with open(path, "wb") as f:
-            f.write(memoryview(data).cast("B"))
-            pad = self.step - len(rows)
-            if pad:
-                f.write(np.full((pad, *self.row_shape), self.arr.fill_value, self.dtype).tobytes())
+        pad = self.step - len(rows)
+        padding = np.full((pad, *self.row_shape), self.arr.fill_value, self.dtype) if pad else None
+        self._file(chunk).write(np.ascontiguousarray(rows, dtype=self.dtype), padding)
 
     def write_chunks(self, first: int, rows: np.ndarray, check: Check | None = None) -> None:
         """Write chunks ``first``, ``first + 1``… whole from ``rows``, several at once.

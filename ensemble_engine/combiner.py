@@ -17,6 +17,7 @@ import jsonschema
 import numpy as np
 
 from .errors import GraphError
+from .metrics import predicted_class
 
 OTHER = "__other__"
 
@@ -76,10 +77,10 @@ class InputChunk:
         )
 
     def labels(self) -> np.ndarray:
-        """Predicted class index [n] in this input's class space."""
+        """Predicted class index [n] in this input's class space (export's tie rule)."""
         if self.label_ids is not None:
             return np.asarray(self.label_ids, dtype=np.int64)
-        return np.asarray(self.scores).argmax(axis=1)
+        return predicted_class(self.scores)
 
 
 class InputSource(ABC):

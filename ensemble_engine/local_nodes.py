@@ -8,8 +8,9 @@ writes with (atomically: a temporary file, then a rename), built and validated b
 metadata classes; the zarr objects returned are made from those documents, with no reads. Any
 other store goes through zarr's API as before.
 
-Only new nodes are written this way: the caller holds the prediction's lock and has removed any
-older version, so nothing else writes these files meanwhile.
+Only new nodes are written this way: the caller holds the prediction's lock and writes either
+where no version is (an unfinished one removed) or a replace's staged copy (``staging.py``), so
+nothing else writes these files meanwhile.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import zarr
+from zarr.codecs import Crc32cCodec
 from zarr.core.array import AsyncArray
 from zarr.core.buffer import Buffer, default_buffer_prototype
 from zarr.core.group import AsyncGroup, GroupMetadata
@@ -28,15 +30,19 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore, StorePath
 from zarr.storage import _local as zarr_local
 
-_PLAIN = [{"name": "bytes", "configuration": {"endian": "little"}}]
+from .chunks import CODECS
+
 _JSON = "zarr.json"
+# Every chunk is written, even one equal to the fill value: a missing chunk is damage.
+WRITE_EMPTY = {"write_empty_chunks": True}
 
 
 def create_group_with_array(
     root: zarr.Group, path: str, attrs: dict[str, Any], array: dict[str, Any]
 ) -> tuple[zarr.Group, zarr.Array]:
     """Group ``path`` under ``root`` with ``attrs`` (parents made as needed) and, in it, the
-    uncompressed array ``array`` (``name``, ``shape``, ``dtype``, ``chunks``) filled with 0."""
+    uncompressed, checksummed array ``array`` (``name``, ``shape``, ``dtype``, ``chunks``,
+    codecs ``chunks.CODECS``) filled with 0."""
     folder = _local_folder(root)
     if folder is None:
         return sync(_zarr_create(root._async_group, path, attrs, array))
@@ -57,7 +63,7 @@ def create_group_with_array(
             },
             "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
             "fill_value": 0,
-            "codecs": _PLAIN,
+            "codecs": CODECS,
             "attributes": {},
             "storage_transformers": [],
         }
@@ -67,8 +73,14 @@ def create_group_with_array(
     array_path = group_path / array["name"]
     return (
         zarr.Group(AsyncGroup(metadata=group_meta, store_path=group_path)),
-        zarr.Array(AsyncArray(metadata=array_meta, store_path=array_path)),
+        zarr.Array(AsyncArray(metadata=array_meta, store_path=array_path, config=WRITE_EMPTY)),
     )
+
+
+def group_at(root: zarr.Group, path: str, like: zarr.Group) -> zarr.Group:
+    """A group object at ``path`` under ``root`` holding ``like``'s metadata, without a read
+    (the group was just moved there: a staged copy swapped in)."""
+    return zarr.Group(AsyncGroup(metadata=like.metadata, store_path=_store_path(root, path)))
 
 
 def update_group_attrs(group: zarr.Group, new: dict[str, Any]) -> zarr.Group:
@@ -87,7 +99,9 @@ async def _zarr_create(
 ) -> tuple[zarr.Group, zarr.Array]:
     g = await root.require_group(path)
     g = await g.update_attributes(attrs)
-    arr = await g.create_array(compressors=None, fill_value=0, **array)
+    arr = await g.create_array(
+        compressors=[Crc32cCodec()], fill_value=0, config=WRITE_EMPTY, **array
+    )
     return zarr.Group(g), zarr.Array(arr)
 
 

@@ -12,15 +12,17 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from zarr.codecs import Crc32cCodec
 
 from .chunks import TARGET_CHUNK_BYTES, ChunkGatherer, RowChunks, chunk_rows_for
 from .errors import StoreError
 from .float16 import PASS_ITEMS, all_finite, widen_float16
 from .io_pool import io_threads
-from .local_nodes import create_group_with_array, update_group_attrs
+from .local_nodes import WRITE_EMPTY, create_group_with_array, group_at, update_group_attrs
 from .metrics import MetricAccumulator
 
 if TYPE_CHECKING:
@@ -76,6 +78,9 @@ class PredictionWriter:
     On an exception inside the ``with`` block the partial prediction is deleted; on a normal exit
     the row count is checked, metrics are stored and ``complete: true`` is written last.
     ``split`` needs only its name, labels and fingerprint: a ``SplitHeader`` or a ``Split``.
+    ``path`` is where the arrays go: the prediction itself, or for a replace its staged copy,
+    which ``publish`` swaps in once complete (``staging.py``); a refused or failed version is
+    deleted there and the old one is never touched.
     """
 
     def __init__(
@@ -92,8 +97,13 @@ class PredictionWriter:
         chunk_rows: int,
         label_map: np.ndarray,
         lock: Any = None,
+        path: str | None = None,
+        publish: Callable[[], None] | None = None,
     ) -> None:
         self.root, self.name, self.split = root, name, split
+        self.final = f"predictions/{name}/{split.name}"
+        self.path = path or self.final
+        self.publish = publish
         self.kind, self.classes, self.dtype = kind, classes, dtype
         self.meta = clean_attrs(meta)
         self.store_classes = store_classes
@@ -130,8 +140,14 @@ class PredictionWriter:
                 "name": "scores", "shape": (n, k), "dtype": self.dtype,
                 "chunks": (self.chunk_rows, k),
             }  # fmt: skip
-        path = f"predictions/{self.name}/{self.split.name}"
-        self.group, arr = create_group_with_array(self.root, path, attrs, array)
+        try:
+            self.group, arr = create_group_with_array(self.root, self.path, attrs, array)
+        except BaseException:  # no __exit__ follows: clean up and let the lock go here
+            with contextlib.suppress(Exception):
+                self.abort()
+            if self.lock is not None:
+                self.lock.release()
+            raise
         self._data = ChunkGatherer(RowChunks(arr))
         self._filled = np.zeros(n, dtype=bool)
         return self
@@ -239,7 +255,8 @@ class PredictionWriter:
                 shape=(self.split.n, k),
                 dtype="float32",
                 chunks=(self.chunk_rows, k),
-                compressors=None,
+                compressors=[Crc32cCodec()],
+                config=WRITE_EMPTY,
             )
             self._votes = ChunkGatherer(RowChunks(arr))
         self._votes.put(start, block)
@@ -279,11 +296,16 @@ class PredictionWriter:
             with contextlib.suppress(OSError):  # a full or read-only disk may refuse this too
                 self.abort()
             raise
+        if self.publish is not None:
+            # not aborted on failure: publish puts the old version back where it can, and
+            # otherwise the next write of this prediction finishes the swap (staging.recover)
+            self.publish()
+            self.group = group_at(self.root, self.final, self.group)
 
     def abort(self) -> None:
-        key = f"predictions/{self.name}/{self.split.name}"
-        if key in self.root:
-            del self.root[key]
+        """Delete what this writer wrote: its own group only (a replace's staged copy)."""
+        if self.path in self.root:
+            del self.root[self.path]
         parent = f"predictions/{self.name}"
         if parent in self.root and not list(self.root[parent].group_keys()):
             del self.root[parent]

@@ -95,12 +95,13 @@ class WriterSpec:
     dtype: str
     chunk_rows: int
     rows: int
+    path: str  # where the owner's writer puts the arrays (a replace's staged copy)
 
     @classmethod
     def of(cls, writer: PredictionWriter) -> WriterSpec:
         return cls(
             writer.name, writer.split.name, writer.kind, list(writer.classes), writer.dtype,
-            writer.chunk_rows, writer.split.n,
+            writer.chunk_rows, writer.split.n, writer.path,
         )  # fmt: skip
 
 
@@ -138,7 +139,8 @@ def attached_writer(store: PredictionStore, spec: WriterSpec) -> PredictionWrite
         classes=list(spec.classes), store_classes=store.classes, meta={}, dtype=spec.dtype,
         chunk_rows=spec.chunk_rows, label_map=label_map(store.classes, spec.classes),
     )  # fmt: skip
-    writer.group = store.group[f"predictions/{spec.name}/{spec.split}"]
+    writer.path = spec.path
+    writer.group = store.group[spec.path]
     writer.metrics = MetricParts(spec.kind)  # type: ignore[assignment]
     return writer
 

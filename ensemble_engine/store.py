@@ -44,6 +44,7 @@ from .records import (
     short_list,
     split_fingerprint,
 )
+from .staging import final_path, publish, recover, staged_path
 from .store_root import StoreRoot
 
 __all__ = [
@@ -102,20 +103,30 @@ class PredictionStore(StoreRoot):
         pred_classes = [str(c) for c in classes] if classes is not None else store_classes
         if not pred_classes:
             raise StoreError(f"store {self.path} has no classes yet; run `ee store init` first")
+        if self.mode == "r" or getattr(self.group.store, "read_only", False):
+            raise StoreError(
+                f"store {self.path} is open read-only: cannot write {name}/{split}; "
+                "open it for writing (mode 'a')"
+            )  # refused before the lock: a read-only store leaves no lock file behind
         lock = self.lock(f"{name}--{split}")
         lock.acquire()
         try:
+            recover(self.group, name, split)  # what a killed replace left: finished or undone
             old = self._pred_group(name, split)
-            if old is not None and old.attrs.get("complete") is True and not replace:
+            complete = old is not None and old.attrs.get("complete") is True
+            if complete and not replace:
                 raise StoreError(
                     f"prediction {name}/{split} already exists; pass replace (--force) "
                     "to overwrite it or choose another name"
                 )
-            if old is not None:
-                del self.group[f"predictions/{name}/{split}"]
+            if old is not None and not complete:  # an unfinished write: nothing to keep
+                del self.group[final_path(name, split)]
         except BaseException:
             lock.release()
             raise
+        # a replace writes aside and swaps only once the new version is complete (staging.py)
+        path = staged_path(name, split) if complete else final_path(name, split)
+        swap = (lambda: publish(self.group, name, split)) if complete else None
         return PredictionWriter(
             self.group,
             name,
@@ -128,6 +139,8 @@ class PredictionStore(StoreRoot):
             chunk_rows=chunk_rows or chunk_rows_for(len(pred_classes), np.dtype(dtype).itemsize),
             label_map=label_map(store_classes, pred_classes),
             lock=lock,
+            path=path,
+            publish=swap,
         )
 
     def write_prediction(
@@ -161,6 +174,12 @@ class PredictionStore(StoreRoot):
         # the attrs as just written (held by the group object): no need to read them back
         return Prediction(name, split, kind, shape, clean_attrs(w.group.attrs.asdict()))
 
+    def writing_path(self, name: str, split: str) -> str:
+        """Where the write of ``name/split`` now open (another process holds its lock) puts
+        its arrays: the staged copy while it replaces a prediction, else the prediction itself."""
+        staged = staged_path(name, split)
+        return staged if isinstance(self.group.get(staged), zarr.Group) else final_path(name, split)
+
     def delete(self, name: str, split: str) -> None:
         if self._pred_group(name, split) is None:
             raise StoreError(f"no prediction {name}/{split} to delete")
@@ -190,7 +209,8 @@ class PredictionStore(StoreRoot):
             if not fnmatch.fnmatchcase(name, pattern):
                 continue
             with self._reading(f"predictions/{name}"):
-                splits = sorted(self.group[f"predictions/{name}"].group_keys())
+                members = self.group[f"predictions/{name}"].group_keys()
+                splits = sorted(m for m in members if not m.startswith("."))  # staging: hidden
             for sp in splits:
                 if split is not None and sp != split:
                     continue

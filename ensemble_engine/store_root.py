@@ -12,11 +12,13 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec
 from zarr.core.array import AsyncArray
 from zarr.core.group import AsyncGroup
 from zarr.core.sync import sync
 
 from .errors import AlignmentError, StoreError
+from .local_nodes import WRITE_EMPTY
 from .locks import StoreLock
 from .records import (
     Split,
@@ -165,9 +167,14 @@ class StoreRoot:
                 )
             del self.group[f"splits/{name}"]
         g = self.group.require_group(f"splits/{name}")
-        sid = g.create_array("sample_id", shape=(len(ids),), dtype=str, chunks=(len(ids),))
+        checked = {"compressors": [Crc32cCodec()], "config": WRITE_EMPTY}  # every chunk, checked
+        sid = g.create_array(
+            "sample_id", shape=(len(ids),), dtype=str, chunks=(len(ids),), **checked
+        )
         sid[:] = np.array(ids, dtype=np.dtypes.StringDType())
-        arr = g.create_array("label", shape=(len(ids),), dtype="int32", chunks=(len(ids),))
+        arr = g.create_array(
+            "label", shape=(len(ids),), dtype="int32", chunks=(len(ids),), **checked
+        )
         arr[:] = lab
         g.attrs.update({"fingerprint": fp, "n": len(ids)})
         return fp

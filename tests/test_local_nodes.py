@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from zarr.codecs import Crc32cCodec
 from zarr.storage import MemoryStore
 
 from ensemble_engine.chunks import RowChunks
@@ -31,11 +32,11 @@ def documents(folder: Path) -> dict[str, dict]:
 
 
 def by_zarr(root: zarr.Group, path: str, attrs: dict, array: dict) -> None:
-    """The same nodes through zarr's public API, as the store made them before."""
+    """The same nodes through zarr's public API: bytes then crc32c, as the store makes them."""
     g = root.require_group(path)
     g.attrs.update(attrs)
     spec = {k: v for k, v in array.items() if k != "name"}
-    g.create_array(array["name"], compressors=None, **spec)
+    g.create_array(array["name"], compressors=[Crc32cCodec()], **spec)
 
 
 @pytest.mark.parametrize("array", ARRAYS, ids=lambda a: a["dtype"])

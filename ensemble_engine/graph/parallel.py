@@ -282,7 +282,7 @@ def _attached_writer(store: PredictionStore, task: RangeTask, split: Split) -> P
         chunk_rows=task.step,
         label_map=np.append(np.arange(k), -1),
     )
-    writer.group = store.group[f"predictions/{task.node.id}/{split.name}"]
+    writer.group = store.group[store.writing_path(task.node.id, split.name)]  # staged on replace
     return writer
 
 
