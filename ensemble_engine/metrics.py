@@ -1,4 +1,12 @@
-"""Accuracy and likelihood metrics, accumulated over row chunks so they stream."""
+"""Accuracy and likelihood metrics, accumulated over row chunks so they stream.
+
+Every metric follows the tie rule of ``ee export``, which ranks a row's classes with
+``np.argsort(-scores, kind="stable")``: the highest score first, equal scores in class order.
+``predicted_class`` is that ranking's first column and ``label_rank`` the label's position in
+it, so top-1 counts a row as correct exactly when the exported label is the true one, and top-k
+exactly when the true class is among the k classes exported. Everything that scores a
+prediction (metrics, fusion fits, per-class accuracy, reports) uses these two functions.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +21,35 @@ def log_softmax(scores: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
 
 
+def predicted_class(scores: np.ndarray) -> np.ndarray:
+    """The class ``ee export`` writes for each row [n]: highest score, ties to the lowest index.
+
+    ``argmax`` returns the first maximum, the first column of the stable descending sort.
+    """
+    return np.asarray(scores).argmax(axis=1)
+
+
+def label_rank(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Position [n] of each row's label in ``ee export``'s ranking of its classes (0 = first).
+
+    Classes scored strictly higher come first, then the classes of equal score in index order:
+    the rank counts both kinds that precede the label. ``labels`` must be valid class indices.
+    """
+    scores = np.asarray(scores)
+    labels = np.asarray(labels, dtype=np.int64)
+    target = scores[np.arange(len(labels)), labels][:, None]
+    before = np.arange(scores.shape[1])[None, :] < labels[:, None]
+    return (scores > target).sum(axis=1) + ((scores == target) & before).sum(axis=1)
+
+
 @dataclass
 class MetricAccumulator:
     """Top-1, top-5 and NLL over the rows whose label is known (label >= 0).
 
     ``kind`` is the prediction kind: for ``logits`` NLL uses log-softmax, for ``probs`` the log of
-    the stored probability (clipped at 1e-12), and ``labels`` gives top-1 only.
+    the stored probability (clipped at 1e-12), and ``labels`` gives top-1 only. Blocks must be
+    the values as stored (e.g. rounded to float16), the ones ``ee export`` ranks: rounding can
+    make two scores equal, and then the tie rule (``label_rank``) decides.
     """
 
     kind: str
@@ -39,8 +70,7 @@ class MetricAccumulator:
         scores = np.asarray(block, dtype=np.float32)[known]
         rows = np.arange(len(y))
         target = scores[rows, y]
-        # rank of the target = number of classes scored strictly higher
-        rank = (scores > target[:, None]).sum(axis=1)
+        rank = label_rank(scores, y)
         self.top1 += int((rank < 1).sum())
         self.top5 += int((rank < 5).sum())
         if self.kind == "logits":

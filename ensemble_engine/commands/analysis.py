@@ -17,7 +17,7 @@ import numpy as np
 
 from ..combiner import OTHER
 from ..errors import StoreError
-from ..metrics import per_class_accuracy
+from ..metrics import per_class_accuracy, predicted_class
 from ..outputs import STDOUT, is_stdout, write_output
 from ..store import PredictionStore, open_store, parse_id
 
@@ -39,7 +39,8 @@ def class_accuracies(store: PredictionStore, name: str, split: str) -> list[Clas
     """Per-class top-1 of prediction ``name/split``, in the prediction's class space.
 
     True labels are mapped into that space as the store maps them for metrics (a class outside a
-    specialist's subset counts as ``__other__``). Scores are read a row block at a time.
+    specialist's subset counts as ``__other__``). Scores are read a row block at a time, and a
+    row's predicted class is the one ``ee export`` writes (ties to the lowest class index).
     """
     pred = store.get(name, split)
     classes = store.classes_of(pred)
@@ -54,7 +55,7 @@ def class_accuracies(store: PredictionStore, name: str, split: str) -> list[Clas
         )
     predicted = np.empty(len(labels), dtype=np.int64)
     for rows, block in store.iter_rows(name, split):
-        predicted[rows] = block if pred.kind == "labels" else np.argmax(block, axis=1)
+        predicted[rows] = block if pred.kind == "labels" else predicted_class(block)
     accuracy = per_class_accuracy(predicted, labels, len(classes))
     counts = np.bincount(labels[labels >= 0], minlength=len(classes))
     return [

@@ -14,7 +14,7 @@ from rich import box
 from rich.table import Table
 
 from ensemble_engine.graph import NodeResult
-from ensemble_engine.metrics import per_class_accuracy
+from ensemble_engine.metrics import per_class_accuracy, predicted_class
 from ensemble_engine.store import PredictionStore
 
 SPLITS = ("val", "test")
@@ -134,7 +134,7 @@ def class_accuracy(store: PredictionStore, name: str, split: str) -> np.ndarray:
     labels = np.asarray(store.split(split).labels)
     predicted = store.read(name, split)
     if predicted.ndim == 2:
-        predicted = predicted.argmax(axis=1)
+        predicted = predicted_class(predicted)
     return per_class_accuracy(predicted, labels, len(store.classes))
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from ensemble_engine.combiner import Combiner, InputChunk, InputSource, Output, Role
 from ensemble_engine.errors import GraphError
+from ensemble_engine.metrics import predicted_class
 
 from .cache import FLOAT32_CACHE_LIMIT, Cache, gather_by_input, subsample_rows
 from .common import check_classes, check_labels, role_inputs
@@ -35,7 +36,8 @@ def score(
 ) -> tuple[int, float]:
     """(correct rows, mean NLL) of the mean prediction ``(total + extra) / count``.
 
-    Computed in row blocks of ``BLOCK_ELEMENTS`` so the sum is never materialised whole.
+    Computed in row blocks of ``BLOCK_ELEMENTS`` so the sum is never materialised whole; a row
+    is correct under ``ee export``'s tie rule (``predicted_class``).
     """
     n, k = total.shape
     block = max(1, BLOCK_ELEMENTS // k)
@@ -45,7 +47,7 @@ def score(
         if extra is not None:
             part = part + extra[lo : lo + block]
         y = labels[lo : lo + block]
-        hits += int((part.argmax(axis=1) == y).sum())
+        hits += int((predicted_class(part) == y).sum())
         p_true = part[np.arange(len(y)), y] / count
         nll -= float(np.log(np.maximum(p_true, NLL_FLOOR)).sum(dtype=np.float64))
     return hits, nll / n

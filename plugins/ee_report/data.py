@@ -15,7 +15,7 @@ import numpy as np
 
 from ensemble_engine.combiner import OTHER
 from ensemble_engine.errors import StoreError
-from ensemble_engine.metrics import per_class_accuracy
+from ensemble_engine.metrics import per_class_accuracy, predicted_class
 from ensemble_engine.store import Prediction, PredictionStore
 
 PREFERRED_SPLITS = ("val", "test")
@@ -23,7 +23,7 @@ PREFERRED_SPLITS = ("val", "test")
 
 def source_type(pred: Prediction) -> str:
     """``producer``, ``combiner`` or ``import`` (``?`` when a writer left it out)."""
-    return str((pred.attrs.get("source") or {}).get("type", "?"))
+    return str(pred.source.get("type", "?"))
 
 
 def is_subset(store: PredictionStore, pred: Prediction) -> bool:
@@ -38,8 +38,7 @@ def group_of(pred: Prediction) -> str:
 
 
 def top1_of(pred: Prediction | None) -> float | None:
-    value = None if pred is None else pred.metrics.get("top1")
-    return None if value is None else float(value)
+    return None if pred is None else pred.metric("top1")
 
 
 @dataclass
@@ -145,10 +144,10 @@ def producer_top1(data: ReportData) -> dict[str, dict[tuple[str, str], list[floa
 
 
 def predicted_labels(store: PredictionStore, pred: Prediction) -> np.ndarray:
-    """The predicted class index of every row, streamed: argmax of scores or the stored label."""
+    """The class index ``ee export`` writes for every row, streamed (see ``predicted_class``)."""
     parts = []
     for _, block in store.iter_rows(pred.name, pred.split):
-        parts.append(block if pred.kind == "labels" else block.argmax(axis=1))
+        parts.append(block if pred.kind == "labels" else predicted_class(block))
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
