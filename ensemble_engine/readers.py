@@ -23,7 +23,7 @@ def read_timm_csv(path: Path) -> tuple[list[str], np.ndarray, str]:
     ``prob_<k>`` probabilities.
     """
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # a BOM is not a column
             reader = csv.reader(fh)
             header = next(reader, None)
             rows = [(reader.line_num, row) for row in reader if row]
@@ -133,6 +133,50 @@ def merge_view_arrays(views: np.ndarray, mode: str) -> np.ndarray:
     if mode == "mean_probs":
         return np.exp(log_softmax(x)).mean(axis=0)
     return log_softmax(log_softmax(x).mean(axis=0))
+
+
+#: How far a row of imported probabilities may sum from 1. Rounding to float16 moves each value
+#: by at most 2^-11 of itself (2^-25 absolute below 2^-14), so a row that summed to 1 sums to
+#: 1 ± (4.9e-4 + K * 3e-8) once rounded: 5.2e-4 for 1000 classes; a softmax computed in float16
+#: or a CSV printed with four or five decimals is off by a few times that. 0.01 admits all of
+#: these and still refuses every unnormalised score: percentages sum to 100, scores of 5.0 to 5K.
+PROBS_SUM_TOLERANCE = 0.01
+
+#: Slack above 1 for a single probability (a float32 softmax may give 1.0000001).
+PROBS_MAX_SLACK = 1e-6
+
+
+def check_probs(scores: np.ndarray, name: str, row_names: list[str] | None = None) -> None:
+    """Imported probabilities must be in [0, 1] and sum to 1 per row (``PROBS_SUM_TOLERANCE``).
+
+    Refuses with the first bad row, named by ``row_names`` (a CSV's file names) or its index.
+    """
+    x = np.asarray(scores, dtype=np.float64)
+    sums = x.sum(axis=1)
+    bad = (x.min(axis=1) < 0) | (x.max(axis=1) > 1 + PROBS_MAX_SLACK)
+    bad |= ~(np.abs(sums - 1) <= PROBS_SUM_TOLERANCE)  # NaN sums are bad too
+    if not bad.any():
+        return
+    i = int(np.argmax(bad))
+    row = f"the row of {row_names[i]!r}" if row_names is not None else f"row index {i}"
+    raise StoreError(
+        f"{name}: {row} is no probability distribution (values {x[i].min():.4g}..{x[i].max():.4g}"
+        f", sum {sums[i]:.6g}; probabilities lie in [0, 1] and sum to 1 ± {PROBS_SUM_TOLERANCE:g}"
+        "); import unnormalised scores as --kind logits, or divide percentages by 100"
+    )
+
+
+def check_float16_range(scores: np.ndarray, name: str) -> None:
+    """Finite scores beyond float16's range (±65504) cannot be stored as float16."""
+    x = np.asarray(scores)
+    with np.errstate(over="ignore"):
+        over = np.isfinite(x) & ~np.isfinite(x.astype(np.float16))
+    rows = int(over.any(axis=1).sum()) if over.ndim == 2 else int(over.sum())
+    if rows:
+        raise StoreError(
+            f"{name}: {rows} rows hold scores beyond float16's range (±65504), the store's "
+            "default; import them with --dtype float32"
+        )
 
 
 def check_labels(data: np.ndarray, name: str, split: str, n: int, k: int) -> None:

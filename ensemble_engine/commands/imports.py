@@ -10,7 +10,9 @@ from ..errors import StoreError
 from ..readers import (
     VIEW_MERGES,
     align_rows,
+    check_float16_range,
     check_labels,
+    check_probs,
     merge_view_arrays,
     read_npy,
     read_npz_views,
@@ -37,9 +39,24 @@ from ..store import open_store
     show_default=True,
     help="How the views of an .npz become one prediction (mean_probs stores probs).",
 )
+@click.option(
+    "--dtype",
+    type=click.Choice(["float16", "float32"]),
+    default="float16",
+    show_default=True,
+    help="How the scores are stored: float16 halves the size; float32 holds scores beyond "
+    "±65504 and full float32 precision.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing prediction of that name.")
 def import_command(
-    store: str, file: Path, split: str, name: str, kind: str | None, merge: str, force: bool
+    store: str,
+    file: Path,
+    split: str,
+    name: str,
+    kind: str | None,
+    merge: str,
+    dtype: str,
+    force: bool,
 ) -> None:
     """Import FILE as prediction NAME/SPLIT into STORE.
 
@@ -48,7 +65,8 @@ def import_command(
     an .npz of test-time views: one logits array [N, C] per view, named after it (identity,
     hflip, ...), plus an optional 1-D text array sample_id naming each row's sample (else rows
     are in the split's order). The views are merged with --merge, as `ee produce` merges its
-    own, and their names are recorded as the prediction's tta.
+    own, and their names are recorded as the prediction's tta. Probabilities (--kind probs or
+    prob_ columns) must lie in [0, 1] and sum to 1 per row (within 0.01).
 
     \b
     Example:
@@ -72,6 +90,8 @@ def import_command(
                 f"[{sp.n}, {len(st.classes)}]"
             )
         scores, kind = data, kind or "logits"
+        if kind == "probs":
+            check_probs(scores, file.name)
     elif file.suffix.lower() == ".csv":
         names, scores, csv_kind = read_timm_csv(file)
         if scores.shape[1] != len(st.classes):
@@ -79,8 +99,10 @@ def import_command(
                 f"{file.name} has {scores.shape[1]} class columns, the store "
                 f"{len(st.classes)} classes"
             )
-        scores = scores[align_rows(names, sp.sample_ids)]
         kind = kind or csv_kind
+        if kind == "probs":
+            check_probs(scores, file.name, names)
+        scores = scores[align_rows(names, sp.sample_ids)]
     elif file.suffix.lower() == ".npz":
         if kind == "probs":
             raise StoreError(f"{file.name}: .npz views must be logits; drop --kind probs")
@@ -98,7 +120,11 @@ def import_command(
         raise StoreError(
             f"cannot import {file.name}: use a .npy array, an .npz of views or a timm inference CSV"
         )
-    pred = st.write_prediction(name, split, kind=kind, scores=scores, meta=meta, replace=force)
+    if dtype == "float16":
+        check_float16_range(scores, file.name)
+    pred = st.write_prediction(
+        name, split, kind=kind, scores=scores, meta=meta, dtype=dtype, replace=force
+    )
     top1 = pred.metrics.get("top1")
     click.echo(
         f"imported {pred.id} ({kind}, {sp.n}×{len(st.classes)})"
