@@ -20,14 +20,20 @@ from ensemble_engine.errors import GraphError
 #: and the floor keeps ``log(0)`` of a stored float16 probability finite.
 LOG_FLOOR = -30.0
 
+#: The largest weight must lie in this range: only the weights' ratios matter, and inside it
+#: their sums and float32 vote totals neither overflow nor underflow.
+WEIGHT_RANGE = (1e-30, 1e30)
+
+_WEIGHT = {"type": "number", "minimum": 0, "maximum": WEIGHT_RANGE[1]}
+
 #: JSON Schema of a ``weights`` parameter: "uniform", one number per input, or {id|pattern: w}.
 WEIGHTS_SCHEMA: dict[str, Any] = {
     "oneOf": [
         {"enum": ["uniform"]},
-        {"type": "array", "items": {"type": "number", "minimum": 0}, "minItems": 1},
+        {"type": "array", "items": _WEIGHT, "minItems": 1},
         {
             "type": "object",
-            "additionalProperties": {"type": "number", "minimum": 0},
+            "additionalProperties": _WEIGHT,
             "minProperties": 1,
         },
     ],
@@ -71,7 +77,8 @@ def resolve_weights(
 
     A mapping matches an input by its exact id first, then by the first fnmatch pattern in the
     mapping's order; add a ``"*"`` entry as the default. An input matched by nothing is an error,
-    so a typo in an id cannot silently drop an input.
+    so a typo in an id cannot silently drop an input. The largest weight must lie in
+    ``WEIGHT_RANGE`` (1e308 + 1e308 overflows to inf, and the vote would be all zeros).
     """
     if spec == "uniform":
         weights = np.ones(len(ids))
@@ -86,8 +93,14 @@ def resolve_weights(
         weights = np.asarray(spec, dtype=np.float64)
     else:
         raise GraphError(f"weights {spec!r} is not understood here; use 'uniform', a list or a map")
-    if not np.all(np.isfinite(weights)) or weights.min(initial=0.0) < 0 or weights.sum() <= 0:
+    if not np.all(np.isfinite(weights)) or weights.min(initial=0.0) < 0 or weights.max() <= 0:
         raise GraphError("weights must be finite, non-negative and not all zero")
+    lo, hi = WEIGHT_RANGE
+    if not lo <= weights.max() <= hi:
+        raise GraphError(
+            f"weights: the largest is {weights.max():g}, outside {lo:g}..{hi:g}; only their "
+            "ratios matter, so scale them (e.g. divide all by the largest)"
+        )
     return weights
 
 
@@ -122,12 +135,16 @@ def as_logits(chunk: InputChunk) -> np.ndarray:
 
 
 def top1_accuracy(source: InputSource, labels: np.ndarray) -> float:
-    """Fraction of rows whose top-1 class is the label, streamed chunk by chunk."""
+    """Fraction of rows whose top-1 class is the label, streamed chunk by chunk.
+
+    The top-1 class is the one ``ee export`` would write (``InputChunk.labels``: ties go to the
+    lowest class index), so a constant prediction scores the share of class 0, not 1.0.
+    """
     hits, seen = 0, 0
     for rows, chunk in source.iter_chunks():
         if rows.stop > len(labels):
             break
-        hits += int((chunk.labels() == labels[rows]).sum())
+        hits += int((chunk.labels() == labels[rows]).sum())  # export's tie rule
         seen += rows.stop - rows.start
     if seen != len(labels):
         raise GraphError(

@@ -42,12 +42,11 @@ def weighted_mean_probs(chunks: Iterable[InputChunk], weights: Sequence[float]) 
     Inputs with weight 0 are skipped (never read or converted). Each term is added as
     ``acc += (w_i / Σ w) * p_i`` in float32, inputs in order, each row on its own: a row's
     result depends neither on the number of threads nor on where its row block was cut, so
-    ``execute(workers=K)`` writes the same bits as one process.
+    ``execute(workers=K)`` writes the same bits as one process. The weights are scaled by a
+    power of two first (``weight_fractions``), so that huge weights cannot overflow the sum.
     """
-    total = float(np.sum(weights))
-    terms = [(c, float(w) / total) for c, w in zip(chunks, weights, strict=True) if w != 0]
-    if not terms:
-        raise GraphError("every input has weight 0; give at least one input a positive weight")
+    fractions = weight_fractions(weights)
+    terms = [(c, f) for c, w, f in zip(chunks, weights, fractions, strict=True) if w != 0]
     import torch
 
     shape = _scores_shape(terms[0][0])
@@ -72,6 +71,24 @@ def weighted_mean_probs(chunks: Iterable[InputChunk], weights: Sequence[float]) 
             for done in [pool.submit(_add_piece, acc, inputs, p) for p in pieces]:
                 done.result()
     return out
+
+
+def weight_fractions(weights: Sequence[float]) -> list[float]:
+    """``w_i / Σ w`` for finite non-negative weights with a positive sum, overflow-free.
+
+    The weights are first multiplied by the power of two that brings the largest near 1: that
+    is exact, and it changes neither the sum's rounding nor the quotients, so ordinary weights
+    give the same bits as the plain ``w_i / Σ w``, while 1e308 + 1e308 no longer sums to inf
+    (which made every fraction 0 and the output all zeros).
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    if not np.all(np.isfinite(w)) or w.min(initial=0.0) < 0:
+        raise GraphError(f"weights {w.tolist()} must be finite and non-negative numbers")
+    if w.max(initial=0.0) <= 0:
+        raise GraphError("every input has weight 0; give at least one input a positive weight")
+    scaled = np.ldexp(w, -int(np.frexp(w.max())[1]))
+    total = float(np.sum(scaled))
+    return [float(x) / total for x in scaled]
 
 
 def _add_piece(

@@ -21,7 +21,7 @@ from .common import (
 from .mean_probs import weighted_mean_probs
 
 #: Vote totals closer than this (relative to the total weight) count as a tie; weights are
-#: floats, so 0.1 + 0.2 must tie with 0.3.
+#: floats, so 0.1 + 0.2 must tie with 0.3. Relative only: weights of 1e-7 still decide.
 TIE_TOLERANCE = 1e-6
 
 
@@ -48,7 +48,7 @@ def hard_vote(
     rows = np.arange(n)
     for lab, w in zip(labels, weights, strict=True):
         votes[rows, lab] += np.float32(w)  # one label per row: no repeated (row, class) pair
-    tol = TIE_TOLERANCE * max(float(np.sum(weights)), 1.0)
+    tol = TIE_TOLERANCE * float(np.sum(weights))
     tied = votes >= votes.max(axis=1, keepdims=True) - tol
     if tie_scores is None:
         return tied.argmax(axis=1), votes  # first True = lowest tied index
