@@ -19,12 +19,14 @@ from .errors import StoreError
 FORMAT = "ee.predictions"
 VERSION = 1
 KINDS = ("logits", "probs", "labels")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=,-]{0,199}$")
+#: A name, matched whole with ``fullmatch``: ``$`` in ``re.match`` also matches before a final
+#: newline, which let ``"m9\n"`` through.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=,-]{0,199}")
 
 
 def valid_name(value: object) -> bool:
     """Whether ``value`` may name a prediction or a split (see ``check_name``)."""
-    return isinstance(value, str) and bool(NAME_RE.match(value)) and ".." not in value
+    return isinstance(value, str) and bool(NAME_RE.fullmatch(value)) and ".." not in value
 
 
 def check_name(value: str, what: str) -> str:
