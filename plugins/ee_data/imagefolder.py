@@ -188,10 +188,12 @@ class ImageFolderSource:
                 for path in _walk_files(class_dir)
             ]
         else:
-            labels = self._read_labels(folder.parent / LABELS_FILE)
+            files = _walk_files(folder)
+            labels = self._read_labels(
+                folder.parent / LABELS_FILE, {p.relative_to(folder).as_posix() for p in files}
+            )
             pairs = [
-                (p, labels.get(p.relative_to(folder).as_posix(), UNKNOWN_LABEL))
-                for p in _walk_files(folder)
+                (p, labels.get(p.relative_to(folder).as_posix(), UNKNOWN_LABEL)) for p in files
             ]
         bad = sorted(p for p, _ in pairs if not _is_readable_image(p))
         if bad:
@@ -223,20 +225,44 @@ class ImageFolderSource:
                 )
         return samples
 
-    def _read_labels(self, path: Path) -> dict[str, int]:
-        """``image -> class index`` from an optional labels.csv; empty labels stay unknown."""
+    def _read_labels(self, path: Path, images: set[str]) -> dict[str, int]:
+        """``image -> class index`` from an optional labels.csv; empty labels stay unknown.
+
+        Every row must name one of ``images`` (ids relative to ``imgs/``), and an image listed
+        twice must get the same label both times (a repeated identical row is accepted).
+        """
         if not path.is_file():
             return {}
         index = {name: i for i, name in enumerate(self.classes)}
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if not {"image", "label"} <= set(reader.fieldnames or ()):
-                raise DataError(f"{path} needs the columns image,label; fix its header row")
-            rows = [(r["image"].strip(), (r["label"] or "").strip()) for r in reader]
-        unknown = sorted({label for _, label in rows if label and label not in index})
+        try:
+            with path.open(newline="", encoding="utf-8-sig") as f:  # a BOM is not a column
+                reader = csv.DictReader(f)
+                if not {"image", "label"} <= set(reader.fieldnames or ()):
+                    raise DataError(f"{path} needs the columns image,label; fix its header row")
+                rows = [
+                    (reader.line_num, r["image"].strip(), (r["label"] or "").strip())
+                    for r in reader
+                ]
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise DataError(f"{path} is not a readable UTF-8 CSV ({exc}); fix the file") from None
+        unknown = sorted({label for _, _, label in rows if label and label not in index})
         if unknown:
             raise DataError(
                 f"{path} names labels that are not class folders: {', '.join(unknown[:_LISTED])}; "
                 "fix the labels or add the class folders"
             )
-        return {image: index[label] for image, label in rows if label}
+        seen: dict[str, tuple[int, str]] = {}
+        for line, image, label in rows:
+            if image not in images:
+                raise DataError(
+                    f"{path} line {line}: image {image!r} is not in "
+                    f"{path.parent / UNLABELLED_FOLDER}; remove the row or add the image "
+                    "(names are relative to imgs/)"
+                )
+            first = seen.setdefault(image, (line, label))
+            if first[1] != label:
+                raise DataError(
+                    f"{path} line {line}: image {image!r} is labelled {label!r} here and "
+                    f"{first[1]!r} on line {first[0]}; keep one row per image"
+                )
+        return {image: index[label] for _, image, label in rows if label}
