@@ -28,7 +28,11 @@ CRC_CODEC = {"name": "crc32c"}
 
 
 class DamagedChunk(StoreError):
-    """A chunk is missing, of the wrong size, or fails its checksum."""
+    """A chunk is missing, of the wrong size, or fails its checksum (``problem`` says which)."""
+
+    def __init__(self, message: str, key: str, problem: str) -> None:
+        super().__init__(message)
+        self.key, self.problem = key, problem
 
 
 def chunk_damage(array_path: str, key: str, problem: str) -> DamagedChunk:
@@ -43,7 +47,9 @@ def chunk_damage(array_path: str, key: str, problem: str) -> DamagedChunk:
         what, fix = "array " + "/".join(parts), "re-create it"
     return DamagedChunk(
         f"{what} is damaged: chunk {key} of {parts[-1]} {problem}; {fix} "
-        "(`ee validate --deep STORE` lists every damaged chunk)"
+        "(`ee validate --deep STORE` lists every damaged chunk)",
+        key,
+        problem,
     )
 
 

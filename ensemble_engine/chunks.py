@@ -116,6 +116,16 @@ class RowChunks:
         self._listed = sync(listing())
         return [c for c in range(self.chunk_count) if self.key(c) not in self._listed]
 
+    def check_size(self, chunk: int) -> None:
+        """A local chunk file is there and of its full size (one stat; no checksum)."""
+        f = self._file(chunk)
+        try:
+            size = os.stat(f.path).st_size
+        except FileNotFoundError:
+            raise self._damage(chunk, "is missing") from None
+        if size != f.size:
+            raise self._damage(chunk, f"holds {size} bytes, not {f.size}")
+
     def _check_stored(self, start: int, stop: int) -> None:
         """Chunks of rows ``start:stop`` are stored (zarr would read a missing one as fill)."""
         if self._listed is None:

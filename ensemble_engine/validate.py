@@ -3,10 +3,16 @@
 Validation never raises on a damaged store: members are found from the store's listing (so a
 member whose metadata is not JSON is still named), and whatever cannot be read becomes one
 problem for that member while the rest is still checked.
+
+Every array must have all its chunks (one listing of its keys: cheap, done always); ``deep``
+also reads every chunk of every prediction, which verifies its CRC32C checksum. What an
+interrupted replace left (``staging.py``) is not a problem but a warning: readers ignore it and
+the next write of that prediction finishes or removes it.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -15,9 +21,15 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
+from .chunk_files import DamagedChunk
+from .chunks import RowChunks
 from .errors import StoreError
 from .schemas import load_schema
+from .staging import leftover_of
 from .store import FORMAT, VERSION, check_name, split_fingerprint
+
+_REDO = "re-create the prediction: re-import it, or re-run what wrote it with --force"
+_REBUILD = "rebuild the store with `ee store init`"
 
 
 def _schema_problems(where: str, attrs: dict, schema_name: str) -> list[str]:
@@ -41,13 +53,72 @@ def _guarded(where: str, problems: list[str], check: Callable[..., Any], *args: 
         return None
 
 
-def _members(root: zarr.Group, path: str) -> list[str]:
-    """Names under ``path`` from the store's listing, without reading their metadata."""
+def _members(root: zarr.Group, path: str, hidden: bool = False) -> list[str]:
+    """Names under ``path`` from the store's listing, without reading their metadata; with
+    ``hidden``, only the names starting with a dot (a replace's staging) instead."""
 
     async def listing() -> list[str]:
         return [key async for key in root.store.list_dir(path)]
 
-    return sorted(k for k in sync(listing()) if k != "zarr.json" and not k.startswith("."))
+    keys = [k for k in sync(listing()) if k != "zarr.json"]
+    return sorted(k for k in keys if k.startswith(".") == hidden)
+
+
+def _chunk_keys(arr: zarr.Array) -> list[str]:
+    grid = [range(-(-s // c)) for s, c in zip(arr.shape, arr.chunks, strict=True)]
+    return [arr.metadata.encode_chunk_key(idx) for idx in itertools.product(*grid)]
+
+
+def _missing_chunks(arr: zarr.Array, want: list[str]) -> list[str]:
+    """The keys of ``want`` (chunks of ``arr``) that are not stored (ee writes every chunk)."""
+    prefix = f"{arr.store_path.path}/"
+
+    async def listing() -> set[str]:
+        return {k.removeprefix(prefix) async for k in arr.store_path.store.list_prefix(prefix)}
+
+    stored = sync(listing())
+    return [k for k in want if k not in stored]
+
+
+def _chunk_problems(where: str, arr: zarr.Array, fix: str, deep: bool) -> list[str]:
+    """One line for missing chunks of ``arr`` and (``deep``) one for those that fail to read."""
+    want = _chunk_keys(arr)
+    missing = _missing_chunks(arr, want)
+    if missing:
+        return [f"{where}: {len(missing)} of {len(want)} chunks missing ({_first(missing)}); {fix}"]
+    if arr.ndim == 0 or np.dtype(arr.dtype).kind not in "iuf":
+        return []
+    rows = RowChunks(arr)
+    damaged = []
+    for c in range(rows.chunk_count):
+        try:
+            if deep:
+                rows.read(c * rows.step, min(rows.n, (c + 1) * rows.step))
+            elif rows.folder is not None:  # a local chunk file's size costs one stat
+                rows.check_size(c)
+        except DamagedChunk as exc:
+            damaged.append(f"{exc.key}: {exc.problem}")
+    if not damaged:
+        return []
+    return [f"{where}: {len(damaged)} damaged chunk(s) ({_first(damaged)}); {fix}"]
+
+
+def _first(items: list[str], n: int = 3) -> str:
+    return ", ".join(items[:n]) + (f", … {len(items) - n} more" if len(items) > n else "")
+
+
+def _leftovers(root: zarr.Group, name: str, warnings: list[str]) -> None:
+    for member in _members(root, f"predictions/{name}", hidden=True):
+        split = leftover_of(member)
+        if split is None:
+            continue
+        shown = f"predictions/{name}/{split}" in root
+        warnings.append(
+            f"predictions/{name}/{member}: left by an interrupted replace of {name}/{split}; "
+            "readers ignore it"
+            + ("" if shown else f", and {name}/{split} is missing until then")
+            + f"; the next write of {name}/{split} finishes or removes it"
+        )
 
 
 def _group(root: zarr.Group, path: str) -> zarr.Group:
@@ -57,18 +128,25 @@ def _group(root: zarr.Group, path: str) -> zarr.Group:
     return node
 
 
-def validate_store(path: str) -> list[str]:
-    """Every problem in the store at ``path`` as one line each; an empty list means valid."""
+def validate_store(
+    path: str, *, deep: bool = False, warnings: list[str] | None = None
+) -> list[str]:
+    """Every problem in the store at ``path`` as one line each; an empty list means valid.
+
+    ``deep`` reads every chunk of every prediction (checksums verified); ``warnings``, if
+    given, receives what is not a problem but worth saying (an interrupted replace's leftovers).
+    """
     try:
         root = zarr.open_group(store=str(path), mode="r")
     except Exception as exc:  # noqa: BLE001 - any failure to open is the one problem to report
         return [f"cannot open as a zarr group ({type(exc).__name__}: {exc})"]
     problems: list[str] = []
-    _guarded("root", problems, _check_store, root, problems)
+    notes = [] if warnings is None else warnings
+    _guarded("root", problems, _check_store, root, problems, deep, notes)
     return problems
 
 
-def _check_store(root: zarr.Group, problems: list[str]) -> None:
+def _check_store(root: zarr.Group, problems: list[str], deep: bool, warnings: list[str]) -> None:
     attrs = root.attrs.asdict()
     info = attrs.get("ee")
     if (
@@ -85,13 +163,15 @@ def _check_store(root: zarr.Group, problems: list[str]) -> None:
     classes = [str(c) for c in raw] if isinstance(raw, list) else []
     splits = _check_splits(root, len(classes), problems)
     for name in _members(root, "predictions"):
+        _guarded(f"predictions/{name}", problems, _leftovers, root, name, warnings)
         for split in (
             _guarded(f"predictions/{name}", problems, _members, root, f"predictions/{name}") or []
         ):
             where = f"predictions/{name}/{split}"
             _guarded(
-                where, problems, _check_prediction, root, name, split, classes, splits, problems
-            )
+                where, problems, _check_prediction, root, name, split, classes, splits, problems,
+                deep,
+            )  # fmt: skip
 
 
 def _check_splits(root: zarr.Group, n_classes: int, problems: list[str]) -> dict[str, tuple | None]:
@@ -116,6 +196,11 @@ def _check_split(
     if "sample_id" not in g or "label" not in g:
         problems.append(f"{where}: missing array sample_id or label")
         return
+    for key in ("sample_id", "label"):
+        missing = _chunk_problems(f"{where}/{key}", g[key], _REBUILD, deep=False)
+        if missing:
+            problems += missing
+            return
     ids = [str(x) for x in g["sample_id"][:]]
     labels = np.asarray(g["label"][:])
     if g["label"].dtype != np.dtype("int32") or labels.shape != (len(ids),):
@@ -144,6 +229,7 @@ def _check_prediction(
     classes: list[str],
     splits: dict[str, tuple],
     problems: list[str],
+    deep: bool = False,
 ) -> None:
     where = f"predictions/{name}/{split}"
     try:
@@ -171,15 +257,22 @@ def _check_prediction(
     own = attrs.get("classes")
     k = len(own) if isinstance(own, list) and own else len(classes)
     if attrs.get("kind") == "labels":
-        _check_array(g, "label", (n,), ("int32",), where, problems)
+        _check_array(g, "label", (n,), ("int32",), where, problems, deep)
         if "votes" in g:
-            _check_array(g, "votes", (n, k), ("float32", "float16", "int32"), where, problems)
+            dtypes = ("float32", "float16", "int32")
+            _check_array(g, "votes", (n, k), dtypes, where, problems, deep)
     else:
-        _check_array(g, "scores", (n, k), ("float16", "float32"), where, problems)
+        _check_array(g, "scores", (n, k), ("float16", "float32"), where, problems, deep)
 
 
 def _check_array(
-    g: zarr.Group, key: str, shape: tuple, dtypes: tuple, where: str, problems: list[str]
+    g: zarr.Group,
+    key: str,
+    shape: tuple,
+    dtypes: tuple,
+    where: str,
+    problems: list[str],
+    deep: bool = False,
 ) -> None:
     if key not in g:
         problems.append(f"{where}: missing array {key!r}")
@@ -187,5 +280,7 @@ def _check_array(
     arr = g[key]
     if tuple(arr.shape) != shape:
         problems.append(f"{where}/{key}: shape {list(arr.shape)}, expected {list(shape)}")
-    if str(arr.dtype) not in dtypes:
+    elif str(arr.dtype) not in dtypes:
         problems.append(f"{where}/{key}: dtype {arr.dtype}, expected one of {', '.join(dtypes)}")
+    else:
+        problems += _chunk_problems(f"{where}/{key}", arr, _REDO, deep)

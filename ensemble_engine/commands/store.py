@@ -86,11 +86,15 @@ def ls_command(store: str, split: str | None, pattern: str, as_json: bool) -> No
 
 @click.command("validate")
 @click.argument("store")
-def validate_command(store: str) -> None:
+@click.option("--deep", is_flag=True, help="Also read every chunk and verify its checksum.")
+def validate_command(store: str, deep: bool) -> None:
     """Check STORE against the format spec; exit 0 if valid, 1 listing every problem."""
     from ..validate import validate_store
 
-    problems = validate_store(store)
+    warnings: list[str] = []  # an interrupted replace's leftovers: said, not failed
+    problems = validate_store(store, deep=deep, warnings=warnings)
+    for warning in warnings:
+        click.echo(f"{store}: warning: {warning}", err=True)
     if not problems:
         click.echo(f"{store}: valid ee prediction store (format v1)")
         return
