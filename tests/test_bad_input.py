@@ -167,6 +167,82 @@ class Case:
     setup: Setup | None = None
 
 
+# --- issue 18: imports that are not what they claim, names with a newline, labels.csv -------
+
+PROB_HEADER = ["filename", "prob_0", "prob_1", "prob_2"]
+PERCENT_ROWS = [[f"v{i}.png", "20", "30", "50"] for i in range(12)]
+HUGE_WEIGHT_GRAPH = (
+    "version: 1\nfit: val\napply: val\nnodes:\n  big:\n    combiner: soft_vote\n"
+    "    inputs: [m1]\n    params: {weights: [1.0e+308]}\noutput: big\n"
+)
+ISSUE_18_INPUT_CASES = [
+    Case(
+        "import: percentages as --kind probs",
+        ("import", "{store}", "{root}/x.npy", "--split", "val", "--id", "x", "--kind", "probs"),
+        "x.npy: row index 0 is no probability distribution (values 20..50, sum 100",
+        "divide percentages by 100",
+        npy("x.npy", np.tile([20.0, 30.0, 50.0], (12, 1))),
+    ),
+    Case(
+        "import: 5.0 everywhere as --kind probs",
+        ("import", "{store}", "{root}/x.npy", "--split", "val", "--id", "x", "--kind", "probs"),
+        "x.npy: row index 0 is no probability distribution (values 5..5, sum 15",
+        "import unnormalised scores as --kind logits",
+        npy("x.npy", np.full((12, 3), 5.0, np.float32)),
+    ),
+    Case(
+        "import: CSV of prob_ columns in percent",
+        ("import", "{store}", "{root}/x.csv", "--split", "val", "--id", "x"),
+        "x.csv: the row of 'v0.png' is no probability distribution",
+        "divide percentages by 100",
+        text("x.csv", csv_rows(PROB_HEADER, PERCENT_ROWS)),
+    ),
+    Case(
+        "import: float32 logits beyond float16's range",
+        ("import", "{store}", "{root}/x.npy", "--split", "val", "--id", "x"),
+        "x.npy: 12 rows hold scores beyond float16's range (±65504)",
+        "import them with --dtype float32",
+        npy("x.npy", np.full((12, 3), 1e5, np.float32)),
+    ),
+    Case(
+        "import: a name ending in a newline",
+        ("import", "{store}", "{root}/x.npy", "--split", "val", "--id", "x\n"),
+        "invalid prediction name 'x\\n'",
+        "use letters, digits",
+        npy("x.npy", np.zeros((12, 3), np.float32)),
+    ),
+    Case(
+        "combine: soft_vote weights whose sum overflows",
+        ("combine", "{root}/g.yaml", "--store", "{store}"),
+        "weights/0: 1e+308 is greater than the maximum of 1e+30",
+        "soft_vote takes weights",
+        text("g.yaml", HUGE_WEIGHT_GRAPH),
+    ),
+    Case(
+        "data: labels.csv labels an image twice, differently",
+        ("store", "init", "{root}/new.zarr", "--data", "{root}/data"),
+        "labels.csv line 3: image 'img0.png' is labelled 'b' here and 'a' on line 2",
+        "keep one row per image",
+        both(
+            GOOD_TREE,
+            images(test__imgs=2),
+            text("data/test/labels.csv", "image,label\nimg0.png,a\nimg0.png,b\n"),
+        ),
+    ),
+    Case(
+        "data: labels.csv row for a missing image",
+        ("store", "init", "{root}/new.zarr", "--data", "{root}/data"),
+        "labels.csv line 3: image 'gone.png' is not in",
+        "remove the row or add the image",
+        both(
+            GOOD_TREE,
+            images(test__imgs=2),
+            text("data/test/labels.csv", "image,label\nimg0.png,a\ngone.png,b\n"),
+        ),
+    ),
+]
+
+
 CASES = [
     # --- damaged or foreign stores --------------------------------------------------------
     Case(
@@ -633,6 +709,7 @@ CASES = [
         "choose another path",
         text("file.txt", "hello"),
     ),
+    *ISSUE_18_INPUT_CASES,
 ]
 
 
