@@ -14,6 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 import click
 
 from .errors import EEError
+from .location import command_line_locations
 
 
 def _version() -> str:
@@ -76,7 +77,8 @@ class EEGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with command_line_locations():  # a memory:// store would end with the command
+                return super().invoke(ctx)
         except click.UsageError as exc:
             raise _usage_line(exc) from None
         except EEError as exc:

@@ -109,9 +109,50 @@ class Prediction:
         return self.attrs.get("complete") is True
 
     @property
+    def source(self) -> dict[str, Any]:
+        """attrs ``source`` (``{}`` when absent); a hand-edited non-object is named damage."""
+        value = self.attrs.get("source")
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.damaged("source", value, 'an object such as {"type": "import"}')
+        return value
+
+    @property
     def metrics(self) -> dict[str, float]:
-        metrics = self.attrs.get("metrics")
-        return dict(metrics) if isinstance(metrics, dict) else {}  # shown only; validate flags it
+        """attrs ``metrics`` (``{}`` when absent); top1, top5, nll and n must be numbers."""
+        value = self.attrs.get("metrics")
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.damaged("metrics", value, 'an object such as {"top1": 0.5}')
+        for key in METRIC_KEYS:
+            number = value.get(key)
+            if number is not None and (isinstance(number, bool) or not _is_number(number)):
+                raise self.damaged(f"metrics.{key}", number, "a number")
+        return dict(value)
+
+    def check_attrs(self) -> None:
+        """The one-line error for a hand-edited ``source`` or ``metrics`` of the wrong type."""
+        _ = (self.source, self.metrics)
+
+    def metric(self, key: str) -> float | None:
+        """One of ``metrics`` as a float, or None when the prediction has none."""
+        value = self.metrics.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not _is_number(value):
+            raise self.damaged(f"metrics.{key}", value, "a number")
+        return float(value)
+
+    def damaged(self, field_name: str, value: Any, want: str) -> StoreError:
+        """The one-line error for an attr of the wrong type (a hand edit): where and the fix."""
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        return StoreError(
+            f"prediction {self.id} is damaged: attrs {field_name} is {shown}, not {want}; fix "
+            f"it in predictions/{self.name}/{self.split}/zarr.json or re-create the prediction "
+            "(`ee validate STORE` lists every problem)"
+        )
 
     def matches(self, where: dict[str, Any]) -> bool:
         for key, want in where.items():
@@ -119,6 +160,13 @@ class Prediction:
             if have != want and str(have) != str(want):
                 return False
         return True
+
+
+METRIC_KEYS = ("top1", "top5", "nll", "n")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating))
 
 
 def label_map(store_classes: Sequence[str], pred_classes: Sequence[str]) -> np.ndarray:

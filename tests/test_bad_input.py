@@ -243,6 +243,85 @@ ISSUE_18_INPUT_CASES = [
 ]
 
 
+# --- issue 18: the command line (-o on a device, attrs of the wrong type, store locations) --
+
+SOFT_M1_GRAPH = (
+    "version: 1\nfit: val\napply: test\nnodes:\n  sv:\n    combiner: soft_vote\n"
+    "    inputs: [m1]\noutput: sv\n"
+)
+ISSUE_18_CLI_CASES = [
+    Case(  # through a link: a regression replaces the link, never the machine's /dev/full
+        "export: -o a full device",
+        ("export", "{store}", "m1/val", "-o", "{root}/full"),
+        "full: No space left on device",
+        "free some space, or choose a writable file with -o",
+        lambda root: (root / "full").symlink_to("/dev/full"),
+    ),
+    Case(
+        "store: metrics not an object (combine)",
+        ("combine", "{root}/g.yaml", "--store", "{store}"),
+        "prediction m1/val is damaged: attrs metrics is 'good', not an object",
+        "fix it in predictions/m1/val/zarr.json or re-create the prediction",
+        both(attrs("predictions/m1/val", metrics="good"), text("g.yaml", SOFT_M1_GRAPH)),
+    ),
+    *(
+        Case(
+            f"store: metrics.top1 as text ({args[0]})",
+            args,
+            "prediction m1/val is damaged: attrs metrics.top1 is '0.5', not a number",
+            "fix it in predictions/m1/val/zarr.json or re-create the prediction",
+            both(
+                attrs("predictions/m1/val", metrics={"top1": "0.5", "n": 12}),
+                text("g.yaml", SOFT_M1_GRAPH),
+            ),
+        )
+        for args in (
+            ("ls", "{store}"),
+            ("combine", "{root}/g.yaml", "--store", "{store}"),
+            ("report", "{store}", "-o", "{root}/r.html"),
+        )
+    ),
+    *(
+        Case(
+            f"store: source as text ({args[0]})",
+            args,
+            "prediction m1/val is damaged: attrs source is 'timm', not an object",
+            "fix it in predictions/m1/val/zarr.json or re-create the prediction",
+            both(attrs("predictions/m1/val", source="timm"), text("g.yaml", SOFT_M1_GRAPH)),
+        )
+        for args in (
+            ("combine", "{root}/g.yaml", "--store", "{store}"),
+            ("report", "{store}", "-o", "{root}/r.html"),
+        )
+    ),
+    Case(
+        "store init: a memory:// store",
+        ("store", "init", "memory://x.zarr"),
+        "store memory://x.zarr lives in one process's memory",
+        "give a folder path",
+    ),
+    Case(
+        "store init: a chained fsspec URL",
+        ("store", "init", "simplecache::memory://x.zarr"),
+        "chains filesystems with '::', which ee does not support",
+        "give one URL such as s3://bucket/ee.zarr, or a folder path",
+    ),
+    Case(
+        "validate: a missing path",
+        ("validate", "{root}/typo.zarr"),
+        "typo.zarr is not an ee store",
+        "create one with `ee store init STORE --data DIR`",
+    ),
+    Case(
+        "validate: a plain folder",
+        ("validate", "{root}/plain"),
+        "plain is not an ee store",
+        "create one with `ee store init STORE --data DIR`",
+        text("plain/notes.txt", "hello"),
+    ),
+]
+
+
 CASES = [
     # --- damaged or foreign stores --------------------------------------------------------
     Case(
@@ -710,6 +789,7 @@ CASES = [
         text("file.txt", "hello"),
     ),
     *ISSUE_18_INPUT_CASES,
+    *ISSUE_18_CLI_CASES,
 ]
 
 

@@ -10,14 +10,15 @@ from rich.console import Console
 from rich.table import Table
 
 from ..data import DatasetSource, open_dataset, register_splits
-from ..errors import AlignmentError
+from ..errors import AlignmentError, StoreError
+from ..location import store_exists, store_location
 from ..store import Prediction, PredictionStore, open_store, split_fingerprint
 
 FACTS = ("backbone", "loss", "test_size", "tta", "seed", "combiner")
 
 
 def prediction_row(pred: Prediction) -> dict:
-    source = pred.attrs.get("source") or {}
+    source = pred.source
     return {
         "id": pred.id,
         "name": pred.name,
@@ -88,9 +89,16 @@ def ls_command(store: str, split: str | None, pattern: str, as_json: bool) -> No
 @click.argument("store")
 @click.option("--deep", is_flag=True, help="Also read every chunk and verify its checksum.")
 def validate_command(store: str, deep: bool) -> None:
-    """Check STORE against the format spec; exit 0 if valid, 1 listing every problem."""
+    """Check STORE against the format spec; exit 0 if valid, 1 listing every problem.
+
+    Exit 2 when STORE is no store at all (a missing path, a plain folder, a file)."""
     from ..validate import validate_store
 
+    if not store_exists(store):  # a typo or a plain folder: nothing to list problems of
+        raise StoreError(
+            f"{store_location(store)} is not an ee store (no zarr.json there); create one with "
+            "`ee store init STORE --data DIR`, or check the path"
+        )
     warnings: list[str] = []  # an interrupted replace's leftovers: said, not failed
     problems = validate_store(store, deep=deep, warnings=warnings)
     for warning in warnings:

@@ -55,6 +55,7 @@ class StoreIndex:
         self.fingerprints = {s: store.split(s).fingerprint for s in splits}
         self.by_name: dict[str, dict[str, Prediction]] = {}
         for pred in store.list():
+            pred.check_attrs()  # a hand-edited source or metrics is named before any write
             self.by_name.setdefault(pred.name, {})[pred.split] = pred
         self.usable: dict[str, Stored] = {}
         self.partial: dict[str, list[str]] = {}
@@ -93,8 +94,7 @@ class StoreIndex:
 
 
 def _written_by(pred: Prediction, graph_name: str) -> bool:
-    source = pred.attrs.get("source") or {}
-    return source.get("type") == "combiner" and pred.attrs.get("graph_name") == graph_name
+    return pred.source.get("type") == "combiner" and pred.attrs.get("graph_name") == graph_name
 
 
 def name_matches(name: str, patterns: Any) -> bool:

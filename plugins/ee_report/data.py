@@ -23,7 +23,7 @@ PREFERRED_SPLITS = ("val", "test")
 
 def source_type(pred: Prediction) -> str:
     """``producer``, ``combiner`` or ``import`` (``?`` when a writer left it out)."""
-    return str((pred.attrs.get("source") or {}).get("type", "?"))
+    return str(pred.source.get("type", "?"))
 
 
 def is_subset(store: PredictionStore, pred: Prediction) -> bool:
@@ -38,8 +38,7 @@ def group_of(pred: Prediction) -> str:
 
 
 def top1_of(pred: Prediction | None) -> float | None:
-    value = None if pred is None else pred.metrics.get("top1")
-    return None if value is None else float(value)
+    return None if pred is None else pred.metric("top1")
 
 
 @dataclass
