@@ -3,5 +3,6 @@
 from .errors import EEError
 from .losses import create_loss
 from .store import PredictionStore, open_store
+from .strict_yaml import load_yaml
 
-__all__ = ["EEError", "PredictionStore", "create_loss", "open_store"]
+__all__ = ["EEError", "PredictionStore", "create_loss", "load_yaml", "open_store"]

@@ -394,6 +394,101 @@ output: x
 """,
         "duplicate key 'x'",
     ),
+    # --- issue 18 (items 13, 14, 20): numbers as text, merge keys, expansion bounds -------
+    (
+        "a number quoted as text",
+        HEAD
+        + """\
+  x:
+    combiner: soft_vote
+    inputs: [m1, m2]
+    params:
+      temperature: "1e-2"  # <-
+output: x
+""",
+        "node 'x': param temperature of soft_vote: '1e-2' is text, not a number; write it as a "
+        "plain number without quotes, e.g. temperature: 0.01",
+    ),
+    (
+        "a number as text through foreach",
+        HEAD
+        + """\
+  x_{t}:
+    foreach: {t: ["0.5"]}
+    combiner: soft_vote
+    inputs: [m1, m2]
+    params:
+      temperature: "{t}"  # <-
+output: x_0.5
+""",
+        "node 'x_0.5': param temperature of soft_vote: '0.5' is text, not a number",
+    ),
+    (
+        "a key given twice beside a merge key",
+        "version: 1\nfit: val\napply: [test]\n"
+        "base: &base {combiner: hard_vote, inputs: [m1]}\n"
+        """\
+nodes:
+  x:
+    <<: *base
+    inputs: [m2]
+    inputs: [m1, m2]  # <-
+output: x
+""",
+        "duplicate key 'inputs' (first at line 8); write each key once (only keys merged in "
+        "with <<: may be overridden)",
+    ),
+    (
+        "foreach beyond the node bound",
+        HEAD
+        + """\
+  x_{a}_{b}_{c}:
+    foreach: {a: %s, b: %s, c: %s}  # <-
+    combiner: hard_vote
+    inputs: [m1]
+output: x_0_0_0
+"""
+        % ((list(range(100)),) * 3),
+        "foreach makes 1000000 nodes (100 × 100 × 100), the graph 1000000 in all: more than the "
+        "10000 nodes a graph may expand to; list fewer values per placeholder",
+    ),
+    (
+        "foreach nodes beyond the bound in all",
+        HEAD
+        + """\
+  x_{a}_{b}:
+    foreach: {a: %s, b: %s}
+    combiner: hard_vote
+    inputs: [m1]
+  y_{a}_{b}:
+    foreach: {a: %s, b: %s}  # <-
+    combiner: hard_vote
+    inputs: [m1]
+output: x_0_0
+"""
+        % ((list(range(100)),) * 4),
+        "node 'y_{a}_{b}': foreach makes 10000 nodes (100 × 100), the graph 20000 in all",
+    ),
+    (
+        "aliases of aliases (billion laughs)",
+        "version: 1\nfit: val\napply: [test]\n"
+        "l0: &l0 [x, x, x, x, x, x, x, x, x, x]\n"
+        + "".join(
+            f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" + ("  # <-\n" if i == 4 else "\n")
+            for i in range(1, 8)
+        )
+        + "nodes: {x: {combiner: hard_vote, inputs: [m1], params: {w: *l7}}}\noutput: x\n",
+        "the document's aliases expand to more than 100000 values; write the values out",
+    ),
+    (
+        "an alias inside its own anchor",
+        HEAD
+        + """\
+  x: &x {combiner: hard_vote, inputs: [m1], params: {again: *x}}  # <-
+output: x
+""",
+        "an alias refers to the value that contains it",
+    ),
     (
         "invalid yaml",
         HEAD
@@ -458,3 +553,37 @@ def test_unknown_graph_name_and_set_option(tmp_path, store_path, run_cli):
     )
     res = run_cli("combine", "vipriors2021", "--store", store_path, "--set", "loss")
     assert res.exit_code == 2 and "--set 'loss' is not KEY=VALUES" in res.stderr
+
+
+def test_exponent_numbers_and_merge_keys_read_as_written(tmp_path, store_path):
+    """``1e-2`` is the number 0.01 (YAML 1.1 reads it as text), and ``<<: *a`` merges a node's
+    keys into another, whose own keys win: neither is an error (issue 18, items 13 and 14)."""
+    path = tmp_path / "graph.yaml"
+    path.write_text(
+        HEAD
+        + """\
+  a: &a
+    combiner: soft_vote
+    inputs: [m1, m2]
+    params: {temperature: 1e-2}
+  b:
+    <<: *a
+    params: {temperature: 2E1}
+  c:
+    <<: *a
+    inputs: [a, b]
+output: c
+"""
+    )
+    nodes = {n.id: n for n in plan(load_graph(path), open_store(store_path, "a")).nodes}
+    assert nodes["a"].params["temperature"] == 0.01
+    assert nodes["b"].params["temperature"] == 20.0
+    assert nodes["b"].combiner == nodes["c"].combiner == "soft_vote"
+    assert nodes["b"].inputs == ["m1", "m2"] and nodes["c"].inputs == ["a", "b"]
+    assert nodes["c"].line == 12  # a merged node's line is its own key's
+
+
+def test_set_option_reads_exponent_numbers():
+    from ensemble_engine.graph import parse_set_option
+
+    assert parse_set_option(["t=1e-2,5E3,x"]) == {"t": [0.01, 5000.0, "x"]}

@@ -11,6 +11,7 @@ nothing are dropped, since ``auto`` discovers values rather than asserting them.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
 
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 AUTO = "auto"
+#: The most nodes a graph may expand to: far above any real ensemble, low enough that a typo'd
+#: sweep (100 × 100 × 100) is refused at once instead of planning for minutes.
+MAX_NODES = 10_000
 
 #: ``discover(fixed_where, attr)``: the distinct values of ``attr`` among the stored predictions
 #: that match ``fixed_where`` (the selector's keys that hold no placeholder).
@@ -120,10 +124,26 @@ def auto_attr(spec: GraphSpec, t: NodeTemplate, name: str) -> tuple[str, dict[st
     )
 
 
+def _check_size(spec: GraphSpec, t: NodeTemplate, values: dict[str, list[Any]], total: int) -> int:
+    """``total`` plus the nodes ``t`` expands to; refused, before expanding, above ``MAX_NODES``."""
+    count = math.prod(len(v) for v in values.values())
+    if total + count <= MAX_NODES:
+        return total + count
+    sizes = " × ".join(str(len(v)) for v in values.values())
+    raise spec.error(
+        spec.line("nodes", t.key, "foreach") if values else spec.line("nodes", t.key),
+        f"foreach makes {count} nodes ({sizes}), the graph {total + count} in all: more than "
+        f"the {MAX_NODES} nodes a graph may expand to",
+        "list fewer values per placeholder, or split the sweep into several graph files",
+        t.key,
+    )
+
+
 def expand(spec: GraphSpec, discover: Discover) -> list[Node]:
     """All nodes of the graph in file order; ids are checked and unique."""
     nodes: list[Node] = []
     seen: dict[str, str] = {}
+    total = 0
     for t in spec.nodes:
         values: dict[str, list[Any]] = {}
         is_auto = False
@@ -144,6 +164,7 @@ def expand(spec: GraphSpec, discover: Discover) -> list[Node]:
                     "produce predictions first or list the values",
                     t.key,
                 )
+        total = _check_size(spec, t, values, total)
         for combo in itertools.product(*values.values()):
             binding = dict(zip(values, combo, strict=True))
             node_id = str(substitute(t.key, binding))

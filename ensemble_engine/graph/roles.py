@@ -46,6 +46,15 @@ def combiner_entry(
     try:
         params = entry.factory.validate_params(n.params)
     except GraphError as exc:
+        text = numeric_text(n.params, entry.factory.params_schema)
+        if text is not None:
+            param, value = text
+            raise spec.error(
+                spec.line("nodes", key, "params", param),
+                f"param {param} of {entry.name}: {value!r} is text, not a number",
+                f"write it as a plain number without quotes, e.g. {param}: {float(value)!r}",
+                n.id,
+            ) from None
         raise spec.error(
             spec.line("nodes", key, "params"),
             f"bad params for {entry.name}: {exc}",
@@ -53,6 +62,38 @@ def combiner_entry(
             n.id,
         ) from None
     return entry, entry.factory, params
+
+
+def numeric_text(params: dict[str, Any], schema: dict[str, Any]) -> tuple[str, str] | None:
+    """``(param, value)`` of the first text value that reads as a number where the param's
+    schema takes a number (``"0.01"`` quoted, or a foreach value written as text)."""
+    props = schema.get("properties", {})
+    for param, value in params.items():
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if isinstance(item, str) and _is_number(item) and _takes_number(props.get(param)):
+                return param, item
+    return None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return text.strip().lower().lstrip("+-") not in ("inf", "infinity", "nan")
+
+
+def _takes_number(schema: Any) -> bool:
+    """Whether a JSON Schema (or one of its alternatives or list items) accepts numbers."""
+    if not isinstance(schema, dict):
+        return False
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if "number" in types or "integer" in types:
+        return True
+    nested = [*schema.get("oneOf", []), *schema.get("anyOf", []), schema.get("items")]
+    return any(_takes_number(s) for s in nested)
 
 
 def _params_hint(name: str, factory: type[Combiner]) -> str:

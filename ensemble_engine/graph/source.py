@@ -18,6 +18,7 @@ import yaml
 
 from ..errors import GraphError
 from ..schemas import load_schema
+from ..strict_yaml import load_yaml, load_yaml_nodes
 from .expand import check_placeholders
 
 VERSION = 1
@@ -106,13 +107,14 @@ def load_graph(source: str | Path, overrides: dict[str, Any] | None = None) -> G
 
 def _parse_yaml(text: str, display: str) -> tuple[Any, dict[Path_, int]]:
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data, root = load_yaml_nodes(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark is not None else 1
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise GraphError(f"{display}:{line}: invalid YAML: {problem}; fix the syntax") from None
+        fix = getattr(exc, "fix", "fix the syntax")
+        problem = "invalid YAML: " + problem if fix == "fix the syntax" else problem
+        raise GraphError(f"{display}:{line}: {problem}; {fix}") from None
     lines: dict[Path_, int] = {}
     if root is not None:
         _walk(root, (), lines, display)
@@ -120,10 +122,10 @@ def _parse_yaml(text: str, display: str) -> tuple[Any, dict[Path_, int]]:
 
 
 def _walk(node: yaml.Node, path: Path_, lines: dict[Path_, int], display: str) -> None:
-    """Record the line of every mapping key and sequence item; refuse duplicate keys."""
+    """Record the line of every mapping key and sequence item (the loader refused duplicate
+    keys and resolved merge keys: a merged key's line is where its anchor wrote it)."""
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
         for key, value in node.value:
             if key.tag != "tag:yaml.org,2002:str":  # graph files are JSON-shaped: text keys only
                 raise GraphError(
@@ -131,12 +133,6 @@ def _walk(node: yaml.Node, path: Path_, lines: dict[Path_, int], display: str) -
                     f"{key.tag.rsplit(':', 1)[-1]}, not text; quote it ('{key.value}':)"
                 )
             k = str(key.value)
-            if k in seen:
-                raise GraphError(
-                    f"{display}:{key.start_mark.line + 1}: duplicate key {k!r}; "
-                    "each key (and node id) may appear once, rename or merge them"
-                )
-            seen.add(k)
             lines[(*path, k)] = key.start_mark.line + 1
             _walk(value, (*path, k), lines, display)
     elif isinstance(node, yaml.SequenceNode):
@@ -242,7 +238,8 @@ def _check_overrides(spec: GraphSpec, overrides: dict[str, Any]) -> dict[str, An
 def parse_set_option(items: tuple[str, ...] | list[str]) -> dict[str, list[Any]]:
     """``["loss=ce,focal", "size=auto"]`` → ``{"loss": ["ce", "focal"], "size": "auto"}``.
 
-    Values are read as YAML scalars, so ``size=224`` gives the number 224.
+    Values are read as YAML scalars, so ``size=224`` gives the number 224 (and ``t=1e-2``
+    the number 0.01: ``strict_yaml`` reads exponent floats as numbers).
     """
     out: dict[str, Any] = {}
     for item in items:
@@ -250,7 +247,7 @@ def parse_set_option(items: tuple[str, ...] | list[str]) -> dict[str, list[Any]]
         if not sep or not key.strip():
             raise GraphError(f"--set {item!r} is not KEY=VALUES; write e.g. --set loss=ce,focal")
         try:
-            values = [yaml.safe_load(v.strip()) for v in raw.split(",") if v.strip()]
+            values = [load_yaml(v.strip()) for v in raw.split(",") if v.strip()]
         except yaml.YAMLError:
             raise GraphError(
                 f"--set {item!r}: a value is not plain YAML; give text or numbers, "
