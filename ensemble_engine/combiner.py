@@ -186,6 +186,16 @@ class Combiner(ABC):
     def fit(self, inputs: dict[str, list[InputSource]], labels: np.ndarray) -> None:  # noqa: B027
         """Learn from the fit split (``labels`` are store class indices). Default: nothing."""
 
+    def observe(  # noqa: B027
+        self,
+        split: str,
+        inputs: dict[str, list[InputSource]],
+        labels: np.ndarray,
+        on_fit_split: bool,
+    ) -> None:
+        """See a whole split before it is written (``labels``: -1 where unknown); what
+        ``state()`` returns next is recorded with that split. Default: nothing."""
+
     @abstractmethod
     def apply(self, inputs: dict[str, list[InputChunk]], rows: slice, on_fit_split: bool) -> Output:
         """Combine one block of rows. ``on_fit_split`` asks for out-of-fold output where fitted."""

@@ -216,21 +216,23 @@ def test_coverage_several_specialists_vote():
         ],
     }
     # specialist_first, covered per specialist (row: s1, s2, s3):
-    # row 0 base b: c, b, d → 1-1-1 tie; base probs b .5 > c .35 > d .05 → b
-    # row 1 base a: c, a, e → tie; base probs a .6 → a
-    # row 2 base e: c, e, d → tie; base probs e .4 → e
+    # row 0 base b: c, b, d → 1-1-1 tie → the base's b
+    # row 1 base a: c, a, e → tie → a
+    # row 2 base e: c, e, d → tie → e
     out = apply(
         Coverage({"policy": "specialist_first"}, classes=STORE5),
         make(src("b", "probs", base_probs, STORE5)),
     )
     np.testing.assert_array_equal(out.labels, [1, 0, 4])
     np.testing.assert_array_equal(out.votes[0], [0, 1, 1, 1, 0])
-    # labels-only base: ties go to the lowest index → row 0 b(1), row 1 a(0), row 2 c(2)
+    # labels-only base (the shipped graph's hard-voted stage 2): ties still keep the base's
+    # label, as the seed keeps its fused label unless the specialists outvote it; row 2 went
+    # to the lowest tied index c before
     out = apply(
         Coverage({"policy": "specialist_first"}, classes=STORE5),
         make(src("b", "labels", base_probs.argmax(axis=1), STORE5)),
     )
-    np.testing.assert_array_equal(out.labels, [1, 0, 2])
+    np.testing.assert_array_equal(out.labels, [1, 0, 4])
     # base_gated: row 0 base b ∈ s1 → c, s2 → b, s3 (d,e) → b: votes b 2, c 1 → b
     # row 2 base e ∈ s3 → d; s1 → e; s2 → e → e
     out = apply(Coverage({}, classes=STORE5), make(src("b", "probs", base_probs, STORE5)))
@@ -238,8 +240,8 @@ def test_coverage_several_specialists_vote():
     np.testing.assert_array_equal(out.votes[2], [0, 0, 0, 1, 2])
 
 
-def ref_coverage(base_labels, base_scores, specs, policy):
-    """Row by row: each specialist covers the base, then a vote; ties by base score, then index."""
+def ref_coverage(base_labels, specs, policy):
+    """Row by row: each specialist covers the base, then a vote; a tie at the top keeps the base."""
     out = []
     for r, base in enumerate(base_labels):
         answers = []
@@ -253,9 +255,7 @@ def ref_coverage(base_labels, base_scores, specs, policy):
                 answers.append(base)
         counts = {k: answers.count(k) for k in answers}
         top = [k for k in sorted(counts) if counts[k] == max(counts.values())]
-        if base_scores is not None:
-            top = sorted(top, key=lambda k: -base_scores[r][k])
-        out.append(top[0])
+        out.append(top[0] if len(top) == 1 else base)
     return out
 
 
@@ -273,8 +273,7 @@ def test_coverage_against_reference(policy, base_kind):
         "specialists": [src(f"s{i}", "labels", lab, c) for i, (lab, c) in enumerate(specs)],
     }
     out = apply(Coverage({"policy": policy}, classes=STORE5), inputs)
-    scores = base_probs if base_kind == "probs" else None
-    want = ref_coverage(base_probs.argmax(axis=1), scores, specs, policy)
+    want = ref_coverage(base_probs.argmax(axis=1), specs, policy)
     np.testing.assert_array_equal(out.labels, want)
     assert out.votes.sum(axis=1).tolist() == [3.0] * n
 

@@ -182,6 +182,9 @@ def run_node(run: RunState, pn: PlannedNode, pool: SplitPool | None = None) -> N
         sources = {role: [run.source(r, plan.fit) for r in refs] for role, refs in pn.roles.items()}
         combiner.fit(sources, run.splits[plan.fit].labels.astype(np.int64))
     for split in plan.splits:
+        sources = {role: [run.source(r, split) for r in refs] for role, refs in pn.roles.items()}
+        labels = run.splits[split].labels.astype(np.int64)
+        combiner.observe(split, sources, labels, split == plan.fit)  # before its state is written
         if pool is None or not pool.write_split(run, pn, combiner, split):
             _write_split(run, pn, combiner, split)
     run.forget(pn.id)
