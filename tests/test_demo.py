@@ -191,9 +191,9 @@ def test_summary_error_ratio_by_hand():
     )
 
 
-def _store_with_split(path: Path, labels: list[int]):
+def _store_with_split(path: Path, labels: list[int], classes: tuple = ("a", "b", "c")):
     store = open_store(path, "a")
-    store.set_classes(["a", "b", "c"])
+    store.set_classes(list(classes))
     store.add_split("val", [f"i{k}" for k in range(len(labels))], labels)
     store.add_split("test", [f"t{k}" for k in range(len(labels))], labels)
     return store
@@ -229,3 +229,20 @@ def test_weak_classes_are_the_worst_on_val(tmp_path):
                                meta={"source": {"type": "combiner"}})  # fmt: skip
     run = DemoRun(tmp_path, QUICK, seed=0)
     assert find_weak(run) == ["b", "c"]
+
+
+def test_weak_classes_fall_back_to_the_two_worst_as_the_command_does(tmp_path, run_cli):
+    # a: 3 of 3, b: 2 of 3 (0.667), c: 3 of 3, d: 3 of 3 → only b below 0.99; --min 2 adds the
+    # next worst, a (1.0, the lowest class id among the perfect ones)
+    labels = [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    predicted = np.array([0, 0, 0, 1, 1, 3, 2, 2, 2, 3, 3, 3])
+    store = _store_with_split(tmp_path / "ee.zarr", labels, ("a", "b", "c", "d"))
+    for split in ("val", "test"):
+        store.write_prediction("stacked", split, kind="labels", labels=predicted,
+                               meta={"source": {"type": "combiner"}})  # fmt: skip
+    run = DemoRun(tmp_path, QUICK, seed=0)
+    assert find_weak(run) == ["a", "b"]
+    res = run_cli("weak-classes", store.path, "stacked", "--threshold", "0.99", "--max", "3",
+                  "--min", "2")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert res.stdout == "a\nb\n"

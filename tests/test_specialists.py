@@ -199,3 +199,43 @@ def test_specialist_run_writes_subset_predictions(digits, run_cli, tmp_path):
     y = np.array([{8: 0, 3: 1}.get(int(label), 2) for label in store.split("val").labels])
     top1 = float(np.mean(np.argmax(store.read(pred.name, "val"), axis=1) == y))
     assert pred.metrics["top1"] == pytest.approx(top1, abs=1 / 30 + 1e-9)  # float16 ties
+
+
+def test_weak_classes_max_and_min(labelled_store, run_cli):
+    # accuracies: 3 → 0/3, 5 → 1/3, 7 → 2/3, the rest 1.0
+    store, y = labelled_store
+    predicted = y.copy()
+    predicted[y == 3] = 0
+    predicted[np.flatnonzero(y == 5)[:2]] = 6
+    predicted[np.flatnonzero(y == 7)[0]] = 1
+    store.write_prediction("voted", "val", kind="labels", labels=predicted)
+
+    def weak(*options):
+        res = run_cli("weak-classes", store.path, "voted", "--json", *options)
+        assert res.exit_code == 0, res.output
+        return json.loads(res.stdout)["weak"]
+
+    assert weak("--threshold", "0.9") == ["3", "5", "7"]
+    assert weak("--threshold", "0.9", "--max", "2") == ["3", "5"]  # the worst two
+    assert weak("--threshold", "0.2", "--min", "2") == ["3", "5"]  # only 3 below: the 2 worst
+    assert weak("--threshold", "0.2", "--min", "4") == ["3", "5", "7", "0"]  # ties by class id
+    assert weak("--threshold", "0.9", "--min", "1") == ["3", "5", "7"]  # enough below already
+    assert weak("--threshold", "0.9", "--min", "2", "--max", "2") == ["3", "5"]
+    assert weak("--threshold", "0.9", "--max", "0") == []
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        (("--min", "3", "--max", "2"), "--min 3 is more than --max 2; lower --min or raise --max"),
+        (("--max", "-1"), "Invalid value for '--max': -1 is not in the range x>=0"),
+        (("--min", "-2"), "Invalid value for '--min': -2 is not in the range x>=0"),
+    ],
+)
+def test_weak_classes_refuse_bad_counts_in_one_line(labelled_store, run_cli, options, says):
+    store, y = labelled_store
+    store.write_prediction("voted", "val", kind="labels", labels=y)
+    res = run_cli("weak-classes", store.path, "voted", *options)
+    assert res.exit_code == 2 and res.stdout == ""
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and says in lines[0], res.stderr

@@ -16,7 +16,7 @@ import click
 import numpy as np
 
 from ..combiner import OTHER
-from ..errors import StoreError
+from ..errors import EEError, StoreError
 from ..metrics import per_class_accuracy, predicted_class
 from ..outputs import STDOUT, is_stdout, write_output
 from ..store import PredictionStore, open_store, parse_id
@@ -70,6 +70,26 @@ def weak_classes(accuracies: list[ClassAccuracy], threshold: float) -> list[Clas
     return sorted(weak, key=lambda a: (a.accuracy, a.cls))
 
 
+def select_weak(
+    accuracies: list[ClassAccuracy], threshold: float, *, max_k: int | None = None, min_k: int = 0
+) -> list[ClassAccuracy]:
+    """The classes ``ee weak-classes`` picks, worst first: those below ``threshold``, at most
+    ``max_k``; where fewer are below it, the ``min_k`` worst classes whatever their accuracy.
+
+    ``__other__`` and classes without a labelled row are never picked. A specialist needs a
+    choice between at least two subset classes to be of use, so ``ee demo`` asks ``min_k=2``.
+    """
+    if min_k < 0 or (max_k is not None and max_k < 0):
+        raise EEError(f"--min {min_k} / --max {max_k}: class counts cannot be negative")
+    if max_k is not None and min_k > max_k:
+        raise EEError(f"--min {min_k} is more than --max {max_k}; lower --min or raise --max")
+    weak = weak_classes(accuracies, threshold)
+    if len(weak) < min_k:
+        seen = [a for a in accuracies if a.cls != OTHER and not math.isnan(a.accuracy)]
+        weak = sorted(seen, key=lambda a: (a.accuracy, a.cls))[:min_k]
+    return weak if max_k is None else weak[:max_k]
+
+
 def _table(rows: list[ClassAccuracy]):
     from rich.table import Table
 
@@ -96,26 +116,51 @@ def _table(rows: list[ClassAccuracy]):
     type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
     help="Write the weak class ids here, one per line (default or '-': stdout).",
 )
+@click.option(
+    "--max",
+    "max_k",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Keep at most this many, the worst first (default: all below the threshold).",
+)
+@click.option(
+    "--min",
+    "min_k",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Where fewer are below the threshold, take this many worst classes instead.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print every class's accuracy as JSON.")
 def weak_classes_command(
-    store: str, prediction: str, split: str, threshold: float, output: Path | None, as_json: bool
+    store: str,
+    prediction: str,
+    split: str,
+    threshold: float,
+    output: Path | None,
+    max_k: int | None,
+    min_k: int,
+    as_json: bool,
 ) -> None:
     """Find the classes that PREDICTION gets right less often than the threshold.
 
     PREDICTION is a name (measured on --split) or NAME/SPLIT. The class ids go to -o FILE (or
     stdout), one per line, ready for `ee produce RECIPE --subset FILE`; a table of them (class,
-    labelled images, accuracy) is printed too.
+    labelled images, accuracy) is printed too. --max K keeps the K worst of them; --min K takes
+    the K worst classes whatever their accuracy where fewer fall below the threshold (what
+    `ee demo` does with --threshold 0.99 --max 3 --min 2).
 
     \b
     Example:
-      ee weak-classes ee.zarr resnet18-ce-s46 --threshold 0.8 -o weak.txt
+      ee weak-classes ee.zarr resnet18-ce-s46 --threshold 0.8 --max 3 --min 2 -o weak.txt
     """
     from rich.console import Console
 
     name, split = parse_id(prediction) if "/" in prediction else (prediction, split)
+    select_weak([], threshold, max_k=max_k, min_k=min_k)  # refuse bad counts before reading
     st = open_store(store, "r")
     accuracies = class_accuracies(st, name, split)
-    weak = weak_classes(accuracies, threshold)
+    weak = select_weak(accuracies, threshold, max_k=max_k, min_k=min_k)
     weak_ids = {a.cls for a in weak}  # the file lists them in class order
     text = "".join(f"{a.cls}\n" for a in accuracies if a.cls in weak_ids)
     to_stdout = is_stdout(output)
@@ -125,6 +170,8 @@ def weak_classes_command(
         payload = {
             "prediction": f"{name}/{split}",
             "threshold": threshold,
+            "max": max_k,
+            "min": min_k,
             "weak": [a.cls for a in weak],
             "classes": [a.to_dict() for a in accuracies],
         }

@@ -65,10 +65,12 @@ class DemoConfig:
     img_size: int = 32
     batch_size: int = 32  # 15 steps an epoch on 500 images: short runs need the steps
     losses: tuple[str, ...] = LOSSES
-    # Specialists: the weakest classes of stage 2 on val, at most ``max_weak`` of them, each a
-    # class whose val accuracy is below ``weak_threshold``.
+    # Specialists: the weakest classes of the base on val, at most ``max_weak`` of them, each a
+    # class whose val accuracy is below ``weak_threshold``, and at least the ``min_weak`` worst
+    # (``ee weak-classes --threshold 0.99 --max 3 --min 2``).
     weak_threshold: float = 0.99
     max_weak: int = 3
+    min_weak: int = 2
     specialist_backbones: tuple[str, ...] = (
         "test_resnet",
         "test_efficientnet",

@@ -134,21 +134,22 @@ def combine(run: DemoRun, *, upto: str | None = None) -> list[NodeResult]:
 
 
 def find_weak(run: DemoRun) -> list[str]:
-    """The base's weakest classes on val (never test): below the threshold, worst first.
+    """The base's weakest classes on val (never test), as ``ee weak-classes STORE stacked
+    --threshold T --max K --min 2`` picks them; returned in class order.
 
     The base's val predictions are out of fold, so these are the classes it gets wrong on
-    images it was not fitted on.
+    images it was not fitted on. At least two: a specialist needs a choice between subset
+    classes to be of use.
     """
-    from ensemble_engine.commands.analysis import class_accuracies, weak_classes
+    from ensemble_engine.commands.analysis import class_accuracies, select_weak
 
     store = open_store(run.store_path, "r")
-    found = weak_classes(class_accuracies(store, BASE, "val"), run.config.weak_threshold)
-    weak = [a.cls for a in found[: run.config.max_weak]]
-    if len(weak) < 2:  # a specialist needs a choice between subset classes to be of use
-        worst = sorted(class_accuracies(store, BASE, "val"), key=lambda a: (a.accuracy, a.cls))
-        weak = [a.cls for a in worst[:2]]
+    c = run.config
+    found = select_weak(
+        class_accuracies(store, BASE, "val"), c.weak_threshold, max_k=c.max_weak, min_k=c.min_weak
+    )
     order = list(store.classes)
-    return sorted(weak, key=order.index)
+    return sorted((a.cls for a in found), key=order.index)
 
 
 def run_demo(
