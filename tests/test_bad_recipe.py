@@ -13,14 +13,18 @@ single epoch runs. ``test_bad_input.py`` holds the store, import and combine hal
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import small_digits, snapshot
 from PIL import Image
 
@@ -108,6 +112,25 @@ def case(id: str, *args: str, fault: str, fix: str, **kw) -> Case:
 
 
 R = "{root}/r.yaml"
+
+
+def torch_bytes(obj: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+# Damaged last.pth files: a checkpoint cut in half, a plain pickle, a torch file holding an
+# object weights_only refuses (whose error suggests weights_only=False), one without our tag.
+CUT = torch_bytes({"format": "ee_timm.checkpoint", "model": {"w": torch.zeros(4096)}})[:3000]
+PICKLE = pickle.dumps({"epoch": 3})
+OBJECTS = torch_bytes({"format": "ee_timm.checkpoint", "when": Fraction(1, 3)})
+FOREIGN = torch_bytes({"state_dict": {"w": torch.zeros(2)}})
+# Seven levels of ten aliases each: 10**7 values from a few lines ("billion laughs").
+LAUGHS = (
+    "backbone: resnet10t\nloss: ce\nloss_params:\n  l0: &l0 [x, x, x, x, x, x, x, x, x, x]\n"
+    + "".join(f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 8))
+)
 # fmt: off
 CASES = [
     # --- YAML recipe files ----------------------------------------------------------------
@@ -156,6 +179,13 @@ CASES = [
          setup=recipe_file("backbone: resnet181\nloss: ce\n")),
     case("file: unknown loss", R, fault="unknown loss 'tayler'", fix="did you mean taylor",
          setup=recipe_file("backbone: resnet10t\nloss: tayler\n")),
+    # issue 18: a key written twice (last-wins trained 500 epochs), aliases of aliases
+    case("file: a key twice", R, fault="duplicate key 'epochs' (first at line 3) at line 4",
+         fix="write each key once",
+         setup=recipe_file("backbone: resnet10t\nloss: ce\nepochs: 1\nepochs: 500\n")),
+    case("file: aliases of aliases", R,
+         fault="the document's aliases expand to more than 100000 values",
+         fix="write the values out", setup=recipe_file(LAUGHS)),
     case("file: loss parameter out of range", R, fault="loss parameter smoothing=2",
          fix="must lie in [0.0, 1.0)",
          setup=recipe_file("backbone: resnet10t\nloss: ls\nloss_params: {smoothing: 2}")),
@@ -292,6 +322,22 @@ CASES = [
     # --- runs and the store ---------------------------------------------------------------
     case("resume: no run to resume", "resnet10t-ce", "--resume", "--run-id", "gone",
          fault="no run to resume in", fix="drop --resume"),
+    # issue 18 item 8: a damaged last.pth is refused before anything is written, in one line
+    case("resume: empty last.pth", "resnet10t-ce", "--resume", "--run-id", "r",
+         fault="runs/r/last.pth is empty", fix="start the run again without --resume",
+         setup=text("runs/r/last.pth", b"")),
+    case("resume: truncated last.pth", "resnet10t-ce", "--resume", "--run-id", "r",
+         fault="runs/r/last.pth is truncated or damaged",
+         fix="start the run again without --resume", setup=text("runs/r/last.pth", CUT)),
+    case("resume: a foreign pickle as last.pth", "resnet10t-ce", "--resume", "--run-id", "r",
+         fault="runs/r/last.pth is not a torch checkpoint",
+         fix="start the run again without --resume", setup=text("runs/r/last.pth", PICKLE)),
+    case("resume: a torch file of objects as last.pth", "resnet10t-ce", "--resume",
+         "--run-id", "r", fault="runs/r/last.pth is not a checkpoint written by `ee produce`",
+         fix="start the run again without --resume", setup=text("runs/r/last.pth", OBJECTS)),
+    case("resume: a torch file without the tag", "resnet10t-ce", "--resume", "--run-id", "r",
+         fault="(no ee_timm.checkpoint tag)", fix="start the run again without --resume",
+         setup=text("runs/r/last.pth", FOREIGN)),
     case("run id: climbing out", "resnet10t-ce", "--run-id", "../up",
          fault="invalid run id '../up'", fix="no '/' or '..'"),
     case("name: predictions already there", "resnet10t-ce", "--name", "taken",
@@ -394,3 +440,19 @@ def test_unreadable_recipe_file_is_a_recipe_error(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "read_text", refuse)
     with pytest.raises(RecipeError, match="cannot read recipe file .*check its permissions"):
         recipe_resolve.load_recipe_file(path)
+
+
+def test_recipe_file_reads_exponent_numbers_and_merge_keys(tmp_path):
+    """``1e-1`` is a number (YAML 1.1 reads it as text, which no loss takes), and ``<<:``
+    merges a mapping whose keys the file may then override (issue 18, items 13 and 14)."""
+    from ee_timm.recipe import resolve_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "backbone: resnet10t\nloss: ls\nlr: 1e-2\nloss_params:\n"
+        "  <<: &base {smoothing: 1e-1}\n  smoothing: 2E-1\n"
+    )
+    recipe = resolve_recipe(path)
+    assert recipe.lr == 0.01 and recipe.loss_params == {"smoothing": 0.2}
+    over = resolve_recipe("resnet10t-ls", {"set": {"loss_params": "{smoothing: 1e-1}"}})
+    assert over.loss_params == {"smoothing": 0.1}

@@ -26,6 +26,7 @@ from click.core import ParameterSource
 from ..errors import DataError, RecipeError
 from ..plugins import get_host
 from ..producer import ProduceRequest
+from ..strict_yaml import load_yaml
 from .launch import (
     BACKEND_ENV,
     launch_torchrun,
@@ -68,7 +69,7 @@ def _scalar(text: str) -> Any:
     if not text.strip():
         return text
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError:
         raise click.BadParameter(
             f"{text!r} is neither a number nor a YAML value (quote text, close brackets)",
@@ -129,7 +130,7 @@ def producer_for(recipe: str) -> str:
         if not path.is_file():
             raise RecipeError(f"recipe file {path} does not exist; check the path")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = load_yaml(path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError, OSError):
             return DEFAULT_PRODUCER  # its recipe loader names the fault in one line
         if isinstance(data, dict):

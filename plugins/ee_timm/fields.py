@@ -16,6 +16,7 @@ from typing import Any, Union, get_args, get_origin
 import yaml
 
 from ensemble_engine.errors import RecipeError
+from ensemble_engine.strict_yaml import load_yaml
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
@@ -51,7 +52,7 @@ def _convert(hint: Any, value: Any) -> Any:
         return _convert_tuple(args, value)
     if hint is dict or origin is dict:
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip() else {}
+            value = load_yaml(value) if value.strip() else {}
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise TypeError("not a mapping")
         return dict(value)

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from ensemble_engine.errors import PluginError, RecipeError
+from ensemble_engine.strict_yaml import StrictYAMLError, load_yaml
 
 from .backbones import min_input_size, resolve_backbone
 from .fields import coerce
@@ -90,12 +91,15 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
 
 
 def load_recipe_file(path: str | Path) -> dict[str, Any]:
-    """The mapping in a YAML recipe file (``yaml.safe_load``; nothing in it is executed)."""
+    """The mapping in a YAML recipe file, read by ``ensemble_engine.strict_yaml`` (safe: nothing
+    in it is executed; a key written twice, or aliases that expand without bound, are refused)."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe file {path} does not exist; check the path")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
+    except StrictYAMLError as exc:
+        raise RecipeError(f"recipe file {path}: {yaml_problem(exc)}; {exc.fix}") from None
     except UnicodeDecodeError:
         raise RecipeError(f"recipe file {path} is not UTF-8 text; save it as UTF-8") from None
     except OSError as exc:
