@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -137,7 +138,8 @@ def validate_store(
     given, receives what is not a problem but worth saying (an interrupted replace's leftovers).
     """
     try:
-        root = zarr.open_group(store=str(path), mode="r")
+        spath = str(path)  # a path as a Path: zarr reads text with "::" as a chained fsspec URL
+        root = zarr.open_group(store=spath if "://" in spath else Path(spath), mode="r")
     except Exception as exc:  # noqa: BLE001 - any failure to open is the one problem to report
         return [f"cannot open as a zarr group ({type(exc).__name__}: {exc})"]
     problems: list[str] = []

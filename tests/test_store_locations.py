@@ -42,8 +42,9 @@ def test_a_path_with_double_colons_is_a_folder(digits_dir, tmp_path, run_cli, mo
     assert res.exit_code == 0, res.output
     assert (tmp_path / "a::b.zarr" / "zarr.json").is_file()
     assert open_store("a::b.zarr", "r").split("val").n > 0
-    res = run_cli("ls", "a::b.zarr", "--json")
-    assert res.exit_code == 0, res.output
+    for args in (("ls", "a::b.zarr", "--json"), ("validate", "a::b.zarr")):
+        res = run_cli(*args)
+        assert res.exit_code == 0, res.output
 
 
 def test_memory_stores_are_refused_on_the_command_line_only(run_cli):
