@@ -34,6 +34,9 @@ class DamagedChunk(StoreError):
         super().__init__(message)
         self.key, self.problem = key, problem
 
+    def __reduce__(self) -> tuple:  # crosses from a combine worker to its parent whole
+        return type(self), (str(self), self.key, self.problem)
+
 
 def chunk_damage(array_path: str, key: str, problem: str) -> DamagedChunk:
     """The one-line error for a damaged chunk of the array at ``array_path`` (store-relative)."""
