@@ -129,15 +129,16 @@ def build_store(path: Path) -> dict:
         spec_store = np.array([1, 2, -1])[spec]
         take = np.isin(stage2, [1, 2]) & (spec_store >= 0)
         final = np.where(take, spec_store, stage2)
-        st.write_prediction(
-            "final",
-            split,
-            kind="labels",
-            labels=final,
-            meta=combiner_meta(
-                "coverage", ["stage2", "cov-a"], {"base": ["stage2"], "specialists": ["cov-a"]}
-            ),
+        meta = combiner_meta(
+            "coverage", ["stage2", "cov-a"], {"base": ["stage2"], "specialists": ["cov-a"]}
         )
+        meta["state"] = {  # as coverage records it: one specialist, so its covered result = final
+            "policy": "validated",
+            "specialists": {"run-a": ["cov-a"]},
+            "covered": {"run-a": {"top1": float((final == y).mean())}},
+            "decisions": {"run-a": {"c1": {"accept": True}, "c2": {"accept": False}}},
+        }
+        st.write_prediction("final", split, kind="labels", labels=final, meta=meta)
         arrays[("final", split)] = final
     return {"arrays": arrays, "labels": labels}
 
@@ -278,6 +279,70 @@ def test_weak_classes_before_and_after_coverage(built, page):
         assert row["top-1 stage2"] == f"{before:.4f}"
         assert row["top-1 final"] == f"{after:.4f}"
         assert row["n"] == str(int((y == k).sum()))
+
+
+def test_weak_class_confusion_before_and_after_coverage(built, page):
+    """Images of other classes labelled as a weak class (c1, c2: the specialist's) and images of
+    a weak class labelled as another, counted here with numpy."""
+    arrays, labels = built[1]["arrays"], built[1]["labels"]
+    y, weak = labels["val"], [1, 2]
+    rows = rows_by(page[2].tables["weak-confusion"], "weak class")
+    assert set(rows) == {("one",), ("two",), ("all weak classes",)}
+    for name, pred in (("stage2", arrays[("stage2", "val")]), ("final", arrays[("final", "val")])):
+        for k in weak:
+            row = rows[(NAMES[k],)]
+            assert row["n"] == str(int((y == k).sum()))
+            assert row[f"pulled in {name}"] == str(int(((pred == k) & ~np.isin(y, weak)).sum()))
+            assert row[f"pulled out {name}"] == str(int(((y == k) & ~np.isin(pred, weak)).sum()))
+        total = rows[("all weak classes",)]
+        inside = np.isin(pred, weak) & ~np.isin(y, weak)
+        assert total[f"pulled in {name}"] == str(int(inside.sum()))
+    final = arrays[("final", "val")]
+    pulled = y[(final == 1) & ~np.isin(y, weak)]
+    if len(pulled):
+        commonest = np.bincount(pulled).argmax()
+        assert rows[("one",)]["from (final)"].startswith(f"{NAMES[commonest]}×")
+
+
+def test_weak_class_confusion_by_hand(tmp_path):
+    # weak class b (the specialist's); truth a a b b c
+    # base  a b b c c: pulled in 1 (an a), pulled out 1 (a b labelled c)
+    # final b b b b c: pulled in 2 (both a), pulled out 0
+    from ee_report.coverage_tables import weak_confusion
+    from ee_report.data import coverage_view
+
+    st = open_store(tmp_path / "s.zarr", "w")
+    st.set_classes(["a", "b", "c"])
+    st.add_split("val", [str(i) for i in range(5)], [0, 0, 1, 1, 2])
+    prod = {"source": {"type": "producer"}}
+    st.write_prediction("base", "val", kind="labels", labels=[0, 1, 1, 2, 2], meta=prod)
+    st.write_prediction("spec", "val", kind="labels", labels=[0, 0, 0, 0, 1],
+                        classes=["b", OTHER], meta=prod)  # fmt: skip
+    roles = {"base": ["base"], "specialists": ["spec"]}
+    meta = combiner_meta("coverage", ["base", "spec"], roles)
+    st.write_prediction("final", "val", kind="labels", labels=[1, 1, 1, 1, 2], meta=meta)
+    data = gather(open_store(tmp_path / "s.zarr", "r"))
+    parsed = Tables()
+    parsed.feed(weak_confusion(data, coverage_view(data)[0]))
+    head, b, total = parsed.tables["weak-confusion"]
+    assert dict(zip(head, b, strict=True)) == {
+        "weak class": "b", "n": "2", "pulled in base": "1", "pulled in final": "2",
+        "from (final)": "a×2", "pulled out base": "1", "pulled out final": "0", "to (final)": "–",
+    }  # fmt: skip
+    assert total[1:] == b[1:]
+
+
+def test_each_specialists_covered_top1_beside_the_base(built, page):
+    arrays, labels = built[1]["arrays"], built[1]["labels"]
+    y = labels["val"]
+    (row,) = rows_by(page[2].tables["covered-results"], "specialist").values()
+    covered = (arrays[("final", "val")] == y).mean()
+    base = (arrays[("stage2", "val")] == y).mean()
+    assert row["specialist"] == "run-a" and row["inputs"] == "cov-a"
+    assert row["covered top-1 val"] == f"{covered:.4f}"
+    assert row["top-1 stage2"] == f"{base:.4f}"
+    assert row["change"] == f"{covered - base:+.4f}"
+    assert row["policy validated"] == "accepted: c1"
 
 
 def test_error_agreement_is_correlation_of_errors(built):
@@ -439,6 +504,8 @@ def test_page_renders_in_headless_chromium(page, tmp_path):
     assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', dom.stdout)) == 4
     for figure_id in FIGURES:
         assert f'id="{figure_id}"' in dom.stdout
+    for table_id in ("weak-classes", "weak-confusion", "covered-results"):
+        assert f'<table id="{table_id}">' in dom.stdout
     console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert console == []
     run = subprocess.run(

@@ -16,6 +16,7 @@ from ensemble_engine.store import PredictionStore
 
 from . import figures
 from . import html as page_html
+from .coverage_tables import specialists_table, weak_confusion
 from .dag import COLLAPSE_AT, build_dag
 from .data import (
     ReportData,
@@ -179,6 +180,7 @@ def _coverage(data: ReportData, add: AddFigure) -> list[str]:
         ),
         page_html.weak_classes_table(view, data.class_labels),
     ]
+    parts += [t for t in (weak_confusion(data, view), specialists_table(data, view)) if t]
     others = [n for n in nodes if n != view.node]
     if others:
         parts.append(
