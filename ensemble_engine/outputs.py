@@ -61,7 +61,7 @@ def write_output(path: str | os.PathLike[str], content: str | bytes, option: str
         raise _error(shown, exc, option) from None
     try:
         if mode is not None and stat.S_ISDIR(mode):
-            raise IsADirectoryError(21, "Is a directory")
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
         if mode is None or stat.S_ISREG(mode):
             _replace(target, data, mode)
         else:
