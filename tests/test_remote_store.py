@@ -212,3 +212,74 @@ def test_open_a_keeps_an_existing_remote_store(s3):
     open_store(url, "w").set_classes(["a", "b"])
     st = open_store(url, "a")
     assert st.path == f"s3://{BUCKET}/kept.zarr" and st.classes == ["a", "b"]
+
+
+# --- replacing a prediction on an object store (no rename: roll forward by copying) -----------
+
+
+def objects(fs, prefix: str) -> dict[str, bytes]:
+    fs.invalidate_cache()
+    return {p: fs.cat_file(p) for p in fs.find(prefix)}
+
+
+def replace_store(url: str, n: int = 3000) -> tuple:
+    st = open_store(url, "w")
+    st.set_classes([f"c{i}" for i in range(5)])
+    st.add_split("val", [f"v{i}" for i in range(n)], np.arange(n) % 5)
+    old = np.random.default_rng(0).normal(size=(n, 5)).astype(np.float32)
+    with st.prediction_writer("m", "val", kind="logits", chunk_rows=256) as w:
+        w.write(old)
+    return st, old.astype(np.float16)
+
+
+def test_a_refused_replace_on_s3_leaves_the_old_objects_byte_for_byte(s3):
+    url = f"s3://{BUCKET}/replace.zarr"
+    st, old = replace_store(url)
+    before = objects(s3, f"{BUCKET}/replace.zarr")
+    bad = np.ones((3000, 5), np.float32)
+    bad[2900, 1] = np.nan  # refused in the last chunk, after the others were written
+    with pytest.raises(StoreError, match="NaN or Inf"):
+        with st.prediction_writer("m", "val", kind="logits", chunk_rows=512, replace=True) as w:
+            w.write(bad)
+    assert objects(s3, f"{BUCKET}/replace.zarr") == before
+    assert objects(s3, f"{BUCKET}/replace.zarr.locks") == {}
+    new = np.full((3000, 5), 3.0, np.float32)
+    with st.prediction_writer("m", "val", kind="logits", chunk_rows=512, replace=True) as w:
+        w.write(new)  # other chunks than the old version's: its extra objects are deleted
+    after = objects(s3, f"{BUCKET}/replace.zarr/predictions/m")
+    assert not any("/." in p for p in after) and len([p for p in after if "/c/" in p]) == 6
+    np.testing.assert_array_equal(open_store(url, "r").read("m", "val"), new)
+
+
+def test_an_interrupted_copy_on_s3_is_finished_by_the_next_write(s3, monkeypatch):
+    from zarr.storage import FsspecStore
+
+    from ensemble_engine import staging
+
+    url = f"s3://{BUCKET}/interrupted.zarr"
+    st, old = replace_store(url)
+    real_set, real_copy, puts = FsspecStore.set, staging._copy_into_place, []
+
+    async def failing_set(self, key, value, *args, **kwargs):
+        if puts:  # copying into place: the connection drops after a few objects
+            puts.append(key)
+            if len(puts) > 4:
+                raise OSError("connection reset by peer")
+        return await real_set(self, key, value, *args, **kwargs)
+
+    async def copy(store, staged, final, doc):
+        puts.append("start")
+        await real_copy(store, staged, final, doc)
+
+    monkeypatch.setattr(FsspecStore, "set", failing_set)
+    monkeypatch.setattr(staging, "_copy_into_place", copy)
+    new = np.full((3000, 5), 3.0, np.float32)
+    with pytest.raises(OSError, match="connection reset"):
+        st.write_prediction("m", "val", kind="logits", scores=new, replace=True)
+    monkeypatch.undo()
+    assert open_store(url, "r").list() == []  # half copied: hidden, neither version shown
+    assert objects(s3, f"{BUCKET}/interrupted.zarr.locks") == {}
+    with pytest.raises(StoreError, match="already exists"):  # the next write rolls forward
+        open_store(url, "a").write_prediction("m", "val", kind="logits", scores=new * 0)
+    np.testing.assert_array_equal(open_store(url, "r").read("m", "val"), new)
+    assert not any("/." in p for p in objects(s3, f"{BUCKET}/interrupted.zarr"))
