@@ -3,6 +3,8 @@ and each specialist's covered top-1 in the node's state (hand-computed values th
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from ee_fusion.coverage import Coverage
@@ -205,3 +207,53 @@ def test_validated_covered_top1_on_the_fit_split_is_out_of_fold():
     flipped[:20] = 2  # as if the base had been right there: the covered result breaks 20 rows
     comb.observe("test", inputs, flipped, on_fit_split=False)
     assert comb.state()["covered"] == {"spec": {"top1": 0.75}}
+
+
+GRAPH = """version: 1
+fit: val
+apply: [val, test]
+nodes:
+  final:
+    combiner: coverage
+    inputs: {base: base, specialists: ["cov-*"]}
+    params: {policy: base_gated}
+output: final
+"""
+
+
+def test_combine_records_covered_top1_per_split_and_ls_shows_it(tmp_path, run_cli, monkeypatch):
+    """Through ``ee combine``: one specialist run at two sizes is one voter, and the node's
+    state on each split holds that split's covered top-1 (hand-computed), which ``ee ls``
+    prints. base c c b b; both sizes say a, __other__, c, b → covered a c c b."""
+    from ensemble_engine.store import open_store
+
+    st = open_store(tmp_path / "s.zarr", "w")
+    st.set_classes(STORE)
+    truth = {"val": [0, 2, 1, 1], "test": [0, 2, 2, 1]}  # covered: val 3/4, test 4/4
+    prod = {"source": {"type": "producer", "plugin": "t"}}
+    for split, y in truth.items():
+        st.add_split(split, [f"{split}{i}" for i in range(4)], y)
+        st.write_prediction("base", split, kind="labels", labels=[2, 2, 1, 1], meta=prod)
+        for size in (28, 32):
+            st.write_prediction(
+                f"cov-x-s{size}", split, kind="probs", scores=one_hot_probs([0, 3, 2, 1], 4),
+                classes=ABC, dtype="float32", meta={**prod, "run": "cov-x-r1", "test_size": size},
+            )  # fmt: skip
+    (tmp_path / "g.yaml").write_text(GRAPH)
+    res = run_cli("combine", tmp_path / "g.yaml", "--store", tmp_path / "s.zarr")
+    assert res.exit_code == 0, res.output
+    st = open_store(tmp_path / "s.zarr", "r")
+    for split, top1 in (("val", 0.75), ("test", 1.0)):
+        state = st.get("final", split).attrs["state"]
+        assert state["covered"] == {"cov-x-r1": {"top1": top1}}
+        assert state["specialists"] == {"cov-x-r1": ["cov-x-s28", "cov-x-s32"]}
+        assert st.get("final", split).metrics["top1"] == top1
+    assert st.read("final", "val").tolist() == [0, 2, 2, 1]
+    assert st.read_votes("final", "val").sum(axis=1).tolist() == [1, 1, 1, 1]  # one voter
+    res = run_cli("ls", tmp_path / "s.zarr", "--json")
+    rows = {r["id"]: r for r in json.loads(res.stdout)["predictions"]}
+    assert rows["final/val"]["covered"] == {"cov-x-r1": 0.75}
+    assert "covered" not in rows["base/val"]
+    monkeypatch.setenv("COLUMNS", "250")  # the facts column is cut at 80
+    res = run_cli("ls", tmp_path / "s.zarr", "--pattern", "final")
+    assert "covered cov-x-r1=1.0000" in " ".join(res.stdout.split()), res.stdout

@@ -28,7 +28,17 @@ def prediction_row(pred: Prediction) -> dict:
         "source": {k: source.get(k) for k in ("type", "plugin") if k in source},
         "facts": {k: pred.attrs[k] for k in FACTS if k in pred.attrs},
         "metrics": pred.metrics,
+        **({"covered": covered} if (covered := covered_top1(pred)) else {}),
     }
+
+
+def covered_top1(pred: Prediction) -> dict[str, float | None]:
+    """A coverage node's state on this split: each specialist's covered result's top-1."""
+    state = pred.attrs.get("state")
+    covered = state.get("covered") if isinstance(state, dict) else None
+    if not isinstance(covered, dict):
+        return {}
+    return {str(k): v.get("top1") if isinstance(v, dict) else None for k, v in covered.items()}
 
 
 def _fmt(value: float | None) -> str:
@@ -75,7 +85,10 @@ def ls_command(store: str, split: str | None, pattern: str, as_json: bool) -> No
             r["kind"],
             "×".join(map(str, r["shape"])),
             "/".join(str(v) for v in r["source"].values()),
-            " ".join(f"{k}={v}" for k, v in r["facts"].items()),
+            " ".join(
+                [f"{k}={v}" for k, v in r["facts"].items()]
+                + [f"covered {k}={_fmt(v)}" for k, v in r.get("covered", {}).items()]
+            ),
             _fmt(m.get("top1")),
             _fmt(m.get("top5")),
             _fmt(m.get("nll")),
