@@ -91,8 +91,8 @@ class Coverage(Combiner):
         labels = np.concatenate([c.labels() for _, c in base[0].iter_chunks()])
         sources = role_inputs(inputs, "specialists", "coverage")
         specs = self._specs(sources)
-        whole = [s.read() for s in sources]
-        pairs = [specialist_answer(s, whole) for s in specs]
+        by_id = {s.id: s for s in sources}  # one model's sizes in memory at a time
+        pairs = [specialist_answer(s, [by_id[m].read() for m in s.members]) for s in specs]
         answer = np.stack([p[0] for p in pairs], axis=1)
         confidence = np.stack([p[1] for p in pairs], axis=1)
         return Answers(labels, answer, confidence, specs)
