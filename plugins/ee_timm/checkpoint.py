@@ -15,14 +15,19 @@ from __future__ import annotations
 import csv
 import io
 import os
+import pickle
 import random
 import socket
+import struct
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import yaml
+
+from ensemble_engine.errors import RecipeError
 
 CHECKPOINT_FORMAT = "ee_timm.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -79,6 +84,50 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint written by ``save_checkpoint``, loaded to CPU with ``weights_only=True``."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# What torch.load raises for a file that is not a whole torch checkpoint (a cut-off zip, bytes
+# that are no pickle, a pickle of objects weights_only refuses).
+_DAMAGED = (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, struct.error)
+
+
+def read_resumable(path: Path, *, mmap: bool = False) -> dict[str, Any]:
+    """``last.pth`` for ``--resume``, or a one-line ``RecipeError`` naming the file and the fix.
+
+    An empty, truncated or foreign file (or one without the format tag) is refused; nothing in
+    it is executed (``weights_only``). ``mmap=True`` maps the tensors instead of reading them:
+    a cheap check before anything is written.
+    """
+    path = Path(path)
+    fix = f"start the run again without --resume (remove {path.parent} or give another --run-id)"
+    if (path.parent / "best.pth").is_file() and path.name != "best.pth":
+        fix += f", or predict with its best.pth (ee predict {path.parent})"
+    try:
+        if path.stat().st_size == 0:
+            raise RecipeError(
+                f"{path} is empty (its write never finished): nothing to resume; {fix}"
+            )
+        with warnings.catch_warnings():  # torch warns before it refuses a foreign pickle
+            warnings.simplefilter("ignore")
+            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except PermissionError as exc:
+        raise RecipeError(f"cannot read {path} ({exc.strerror}); check its permissions") from None
+    except pickle.UnpicklingError:
+        raise RecipeError(
+            f"{path} is not a checkpoint written by `ee produce` (it holds objects other than "
+            f"tensors and plain values, which ee never loads); {fix}"
+        ) from None
+    except _DAMAGED:
+        with open(path, "rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"  # how every torch.save file starts
+        what = "is truncated or damaged" if zipped else "is not a torch checkpoint"
+        raise RecipeError(f"{path} {what} and cannot be read; {fix}") from None
+    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
+        raise RecipeError(
+            f"{path} is not a checkpoint written by `ee produce` (no {CHECKPOINT_FORMAT} tag); "
+            f"{fix}"
+        )
+    return saved
 
 
 def write_text_atomic(path: Path, text: str) -> None:

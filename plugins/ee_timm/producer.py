@@ -26,6 +26,7 @@ from ensemble_engine.shards import on_rank0
 from ensemble_engine.store import PredictionStore, check_name, open_store
 
 from .builders import resolve_device
+from .checkpoint import read_resumable
 from .distributed import Launch, TorchGroup, backend_for, process_group, rank_device
 from .prediction import (
     base_name,
@@ -254,6 +255,8 @@ def checked_request(
             f"no run to resume in {run_dir}; drop --resume to start it, or give the "
             "--run-id of an earlier run"
         )
+    if request.resume and (run_dir / "last.pth").exists():
+        read_resumable(run_dir / "last.pth", mmap=True)  # damaged: refused before any write
     return CheckedRequest(recipe, source, train_samples, val_samples, classes, device, run_id)
 
 
