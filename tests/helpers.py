@@ -1,10 +1,14 @@
-"""Shared test data and checks: small digits trees and the "nothing written" snapshot."""
+"""Shared test data and checks: small digits trees, the "nothing written" snapshot, and
+dsb_focal's class weights recomputed from its pools (numpy, from the definition)."""
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from pathlib import Path
+
+import numpy as np
 
 
 def small_digits(
@@ -41,3 +45,18 @@ def snapshot(*roots: Path) -> dict[str, str]:
             else:
                 out[rel] = "unreadable"
     return out
+
+
+def numpy_dsb_weights(pool: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """1/S_c over their mean, S_c = 1/2 log2 det(I_p + (p/m) Zc^T Zc) for the m pooled rows Z
+    of class c, centred (Zc): from the definition, on the p x p matrix, in float64."""
+    scales = []
+    for c, m in enumerate(count):
+        z = pool[c, :m].astype(np.float64)
+        zc = z - z.mean(axis=0)
+        p = z.shape[1]
+        sign, logdet = np.linalg.slogdet(np.eye(p) + (p / m) * zc.T @ zc)
+        assert sign > 0
+        scales.append(0.5 * logdet / math.log(2))
+    inverse = 1 / np.array(scales)
+    return inverse / inverse.mean()

@@ -27,7 +27,7 @@ from ee_timm.checkpoint import load_checkpoint
 from ee_timm.distributed import BACKEND_ENV, Launch, backend_for, rank_device
 from ee_timm.loaders import ShardedSeededSampler
 from ee_tta import predict_split
-from helpers import small_digits
+from helpers import numpy_dsb_weights, small_digits
 
 from ensemble_engine.commands.launch import torchrun_command
 from ensemble_engine.commands.produce import produce_command
@@ -467,6 +467,25 @@ def test_the_torchrun_command_resumes_and_repredicts(ddp_run):
     assert (work / "runs" / "r" / "summary.csv").read_text() == summary
     after = open_store(store_path, "r").read("resnet10t-ce-s16", "test")
     np.testing.assert_array_equal(after, before)  # same ranks, same weights, same numbers
+
+
+@pytest.mark.slow
+def test_ddp_dsb_focal_pools_every_ranks_features(tmp_path):
+    """dsb_focal under 2 ranks: each step's features of both ranks reach every rank's pools
+    (all_gather), so the pools and class weights are the ranks' common ones."""
+    small_digits(tmp_path / "data", train_per_class=8, val_per_class=4, test_images=8, size=16)
+    done = ee("produce", "resnet10t-dsb_focal", "--data", "data", "--store", "s.zarr",
+              "--runs-dir", "runs", "--run-id", "r", *SETTINGS, "--nproc", "2",
+              cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    loss = load_checkpoint(tmp_path / "runs" / "r" / "last.pth")["loss"]
+    # 8 images a class, all seen each epoch over the 2 ranks (5 steps each): 16 features a
+    # class after 2 epochs, 10 calls. Pools of one rank alone would hold about 8.
+    assert loss["pool_count"].tolist() == [16] * 10 and loss["_extra_state"] == {"calls": 10}
+    pool, count = loss["feature_pool"].numpy(), loss["pool_count"].numpy()
+    weights = loss["class_weights"].numpy()
+    assert weights.max() - weights.min() > 1e-3
+    np.testing.assert_allclose(weights, numpy_dsb_weights(pool, count), rtol=1e-5)
 
 
 @pytest.mark.slow

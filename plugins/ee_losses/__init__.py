@@ -67,7 +67,8 @@ def register_losses(register: Register) -> None:
     register(
         "dsb_focal",
         _target("SemanticScaleFocalLoss"),
-        description="focal loss weighted per class by inverse semantic scale (needs features)",
+        description="the seed's DSB focal loss: sigmoid focal weighted by 1/semantic scale of "
+        "the sample's class, measured on pooled features (needs features; form=softmax too)",
         aliases=("semantic_scale_focal",),
         needs_features=True,
     )

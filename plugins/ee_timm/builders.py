@@ -42,6 +42,30 @@ def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
     return model
 
 
+class WithFeatures(nn.Module):
+    """``model(x)`` as ``(logits, features)`` from one forward pass, for losses that pool features.
+
+    ``features`` are the penultimate (pre-logit) features: timm's ``forward_features`` then
+    ``forward_head(..., pre_logits=True)``, and the logits are the classifier applied to them,
+    the same operations as ``model(x)``. Wrapped in DistributedDataParallel it syncs gradients
+    as the model would; the model itself is what the run saves.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+        if not isinstance(classifier, nn.Module) or not hasattr(model, "forward_head"):
+            raise RecipeError(
+                f"{type(model).__name__} has no single classifier after its pre-logit features, "
+                "which a loss that pools features needs; pick another backbone or loss"
+            )
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        return self.model.get_classifier()(features), features
+
+
 def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
     """SGD with classical momentum (timm's ``momentum``; ``nesterov`` picks timm's ``sgd``).
 

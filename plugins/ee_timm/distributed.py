@@ -16,6 +16,9 @@ What the ranks share (see ``train``, ``loaders`` and ``ee_tta.predict``):
   N × batch_size, as with timm's train.py (scale ``lr`` with it if you want the same schedule);
 - validation: each rank evaluates every N-th val image and the sums are added up, after the
   batch-norm running statistics are averaged over the ranks (timm's ``--dist-bn reduce``);
+- loss state: a loss that pools features (``dsb_focal``) gets every rank's features and labels
+  of each step (``TorchGroup.gather_rows``, an all_gather), in rank order, so its pools and
+  class weights are the same on every rank, and rank 0's checkpoint holds what each rank used;
 - files: rank 0 alone writes the run folder and prints; every rank reads ``last.pth`` to resume,
   so the run folder (like the store) must be on a filesystem every node sees;
 - prediction: the ranks split each split's rows (``ensemble_engine.shards``).
@@ -120,6 +123,23 @@ class TorchGroup:
 
     def barrier(self) -> None:
         dist.barrier()
+
+    def gather_rows(
+        self, features: torch.Tensor, labels: torch.Tensor, rows: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every rank's ``features`` [n, p] and ``labels`` [n] (n <= ``rows``), on every rank,
+        concatenated in rank order (float32). One all_gather: each rank sends ``rows`` rows,
+        the labels as a last column, -1 on the padding rows, which are dropped after."""
+        n, dim = features.shape
+        packed = torch.zeros(rows, dim + 1, dtype=torch.float32, device=self.comm_device)
+        packed[:, dim] = -1.0
+        packed[:n, :dim] = features.detach().float()
+        packed[:n, dim] = labels.float()  # class indices, exact in float32 below 2**24
+        parts = [torch.empty_like(packed) for _ in range(self.size)]
+        dist.all_gather(parts, packed)
+        every = torch.cat(parts).to(features.device)
+        kept = every[every[:, dim] >= 0]
+        return kept[:, :dim], kept[:, dim].long()
 
     def sum(self, values: Sequence[float]) -> list[float]:
         """Each value summed over the ranks (float64), on every rank."""

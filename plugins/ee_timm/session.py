@@ -4,6 +4,14 @@
 optimiser, schedule, gradient scaler, EMA, loss, batch mixer and the sampler's generator, and
 saves and restores all of them (``checkpoint``/``restore``) so that a resumed run repeats an
 uninterrupted one.
+
+A loss registered with ``needs_features`` (``dsb_focal``) gets, every step, the pre-logit
+features of that step's own forward pass (``WithFeatures``: no second forward) with the step's
+labels, the argmax of mixup/cutmix targets (the class that fills most of the image), after the
+step's loss is taken; under torchrun the features of every rank (``TorchGroup.gather_rows``).
+At each epoch's end it refreshes its weights, so a checkpoint's weights are those of its pools.
+The loss's state is saved under ``loss`` (``last.pth`` whole; ``best.pth`` without the parts
+only a resume needs, the loss's ``RESUME_ONLY``).
 """
 
 from __future__ import annotations
@@ -17,10 +25,18 @@ import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 
+from ensemble_engine.errors import RecipeError
 from ensemble_engine.losses import create_loss
+from ensemble_engine.plugins import get_host
 
 from . import checkpoint as ck
-from .builders import build_model, build_optimizer, build_scheduler, load_optimizer_state
+from .builders import (
+    WithFeatures,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    load_optimizer_state,
+)
 from .distributed import TorchGroup, average_batch_norm, wrap_model
 from .progress import TrainProgress
 from .readings import READ_EVERY, LossWatch, evaluate, evaluation_sums, percentages
@@ -49,12 +65,14 @@ class TrainingSession:
         self.model = build_model(recipe, num_classes).to(device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.trained = wrap_model(self.model, group)  # what the training steps run
+        self.loss_fn = create_loss(recipe.loss, **recipe.loss_params).to(device)
+        self.feeds_features = loss_needs_features(recipe.loss, self.loss_fn)
+        forward = WithFeatures(self.model) if self.feeds_features else self.model
+        self.trained = wrap_model(forward, group)  # what the training steps run
         self.optimizer = build_optimizer(recipe, self.model)
         self.scheduler = build_scheduler(recipe, self.optimizer)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda and recipe.amp)
         self.ema = ModelEmaV3(self.model, decay=recipe.ema_decay) if recipe.ema else None
-        self.loss_fn = create_loss(recipe.loss, **recipe.loss_params).to(device)
         self.mixer = batch_mixer(recipe, num_classes)
         self.per_image, self.per_batch = train_transform_split(recipe)
         self.generator = torch.Generator().manual_seed(recipe.seed)
@@ -77,6 +95,8 @@ class TrainingSession:
         self.scaler.load_state_dict(saved["scaler"])
         if self.ema is not None:
             self.ema.load_state_dict(saved["ema"])
+        if saved.get("loss") is not None:
+            self.loss_fn.load_state_dict(saved["loss"])
         self.state = {k: saved[k] for k in self.state}
         self.scheduler.step(self.state["epoch"])
         ck.restore_rng(saved["rng"], self.generator)
@@ -88,8 +108,13 @@ class TrainingSession:
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": ck.capture_rng(self.generator), "classes": list(classes),
-            "recipe": self.recipe.to_dict(),
+            "recipe": self.recipe.to_dict(), "loss": self.loss_fn.state_dict(),
         }  # fmt: skip
+
+    def loss_summary(self) -> dict[str, Any]:
+        """The loss's state without what only a resume needs (its ``RESUME_ONLY`` keys)."""
+        skip = getattr(self.loss_fn, "RESUME_ONLY", ())
+        return {k: v for k, v in self.loss_fn.state_dict().items() if k not in skip}
 
     def train_epoch(self, loader: Any, epoch: int, progress: TrainProgress) -> tuple[float, int]:
         """One pass over ``loader``; returns (mean training loss, images seen), over all ranks.
@@ -110,9 +135,13 @@ class TrainingSession:
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             if self.mixer is not None:
+                if len(images) % 2:  # timm mixes pairs; only a run with less than one batch
+                    images, targets = images[:-1], targets[:-1]  # gets an odd one (drop_last)
                 images, targets = self.mixer(images, targets)
             with self.autocast():
-                loss = self.loss_fn(self.trained(images), targets)
+                outputs = self.trained(images)
+                logits, features = outputs if self.feeds_features else (outputs, None)
+                loss = self.loss_fn(logits, targets)
             watch.add(loss, len(images))  # on the CPU: checked here, before the step
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -120,13 +149,27 @@ class TrainingSession:
             self.scaler.update()
             if self.ema is not None:
                 self.ema.update(self.model, step=epoch * len(loader) + step + 1)
+            if features is not None:
+                self.feed_features(features, targets)
             n_images += len(images)
             progress.batch(watch.last, lr, n_images / (time.perf_counter() - t0))
+        refresh = getattr(self.loss_fn, "refresh_weights", None)
+        if self.feeds_features and refresh is not None:
+            refresh()  # the checkpoint's weights are those of its pools
         loss_sum, n_images = watch.total()  # every step's loss read and checked
         if self.group is not None:
             loss_sum, n = self.group.sum([loss_sum, n_images])
             n_images = int(n)
         return loss_sum / max(n_images, 1), n_images
+
+    def feed_features(self, features: torch.Tensor, targets: torch.Tensor) -> None:
+        """The step's pre-logit features and labels (argmax of soft targets) to the loss; under
+        torchrun every rank's, in rank order, so that every rank's pools stay the same."""
+        labels = targets.argmax(dim=1) if targets.ndim == 2 else targets
+        features = features.detach()
+        if self.group is not None:
+            features, labels = self.group.gather_rows(features, labels, self.recipe.batch_size)
+        self.loss_fn.update_features(features, labels)
 
     def validate(self, loader: Any) -> tuple[float, float, float]:
         """``evaluate`` on ``loader`` (a rank's share of val under torchrun: summed over ranks)."""
@@ -135,3 +178,16 @@ class TrainingSession:
         average_batch_norm([self.model, self.ema.module if self.ema else None], self.group)
         sums = self.group.sum(evaluation_sums(self.evaluated, loader, self.device, self.autocast))
         return percentages(*sums)
+
+
+def loss_needs_features(name: str, loss: nn.Module) -> bool:
+    """Whether loss ``name`` is registered with ``needs_features`` (and can take them)."""
+    entry = get_host().losses.get(name)
+    if not entry.capabilities.get("needs_features", False):
+        return False
+    if not callable(getattr(loss, "update_features", None)):
+        raise RecipeError(
+            f"loss {name!r} is registered with needs_features but has no update_features"
+            "(features, labels) method; fix the plugin that registers it"
+        )
+    return True

@@ -5,8 +5,10 @@ trains the same way. Everything lives in a run folder::
 
     runs/<run-id>/recipe.yaml    the resolved recipe
                   summary.csv    one row per epoch (val_* in percent, as timm writes them)
-                  last.pth       everything needed to resume (weights, optimiser, schedule, RNG)
-                  best.pth       the weights with the best val top-1 so far
+                  last.pth       everything needed to resume (weights, optimiser, schedule, RNG,
+                                 the loss's state under ``loss``: dsb_focal's pools and weights)
+                  best.pth       the weights with the best val top-1 so far (and under ``loss``
+                                 the loss's state less what only a resume needs)
 
 The schedule is timm's cosine with linear warm-up, stepped once per epoch (as timm's train.py
 does by default). On CPU a run is exactly repeatable, whatever the number of data workers, and a
@@ -102,7 +104,7 @@ def train(
             raise RecipeError(
                 f"{run_dir} already holds a run; pass --resume to continue it or remove the folder"
             )
-        saved = ck.load_checkpoint(last)
+        saved = ck.read_resumable(last)
         _check_same_recipe(recipe, saved["recipe"], run_dir)
         run.restore(saved)
     else:
@@ -149,7 +151,7 @@ def train(
                 state["best_epoch"] = epoch + 1
                 best = {"model": run.evaluated.state_dict(), "epoch": epoch + 1,
                         "val_top1": top1, "classes": list(classes),
-                        "recipe": recipe.to_dict()}  # fmt: skip
+                        "recipe": recipe.to_dict(), "loss": run.loss_summary()}  # fmt: skip
             if writes:
                 saver.submit(_write_epoch, run_dir, best, run.checkpoint(classes))
             progress.end_epoch(row)
