@@ -28,6 +28,7 @@ from ee_timm.recipe import (
     recipe_problems,
     resolve_recipe,
 )
+from ee_timm.recipe_spec import NOISE_MODES
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -105,6 +106,10 @@ SIMPLE: dict[str, st.SearchStrategy[tuple[str, Any]]] = {
         lambda v: (",".join(map(repr, v)), v)
     ),
     "noise_sigma": pair(0.0, 40.0),
+    "noise_mode": st.sampled_from(NOISE_MODES).map(lambda m: (m, m)),
+    "mixup_prob": number(0, 1).map(as_text),
+    "mixup_switch_prob": number(0, 1).map(as_text),
+    "mixup_smoothing": number(0, 1, exclude_max=True).map(as_text),
     "aa": st.sampled_from(sorted(POLICIES)).map(lambda p: (p, POLICIES[p])),
     "init": st.sampled_from(INITS).map(lambda i: (i, i)),
     "amp": switch(),
@@ -138,8 +143,10 @@ def valid_sets(draw) -> tuple[str, dict[str, str], dict[str, Any]]:
         for name in ("mixup", "cutmix"):
             texts[name], expected[name] = as_text(draw(number(0, 2)))
         texts["batch_size"], expected["batch_size"] = draw(integer(1, 256).map(_even))
-    elif draw(st.booleans()):
+    elif draw(st.booleans()):  # any batch, mixup and cutmix off (the imagenet profile has both)
         texts["batch_size"], expected["batch_size"] = draw(integer(1, 256))
+        for name in ("mixup", "cutmix"):
+            texts[name], expected[name] = "0", 0.0
     if draw(st.booleans()):  # a specialist: subset_per_class/other_per_class need a subset
         texts["subset"], expected["subset"] = draw(unique_list(CLASS_ID, max_size=5))
         texts["subset_per_class"], expected["subset_per_class"] = draw(integer(1, 1000))
@@ -226,6 +233,10 @@ INVALID: dict[str, st.SearchStrategy[str]] = {
     ),  # fmt: skip
     "noise_sigma": st.one_of(st.just("5,1"), st.just("-1,2"), st.just("1,inf")),
     "aa": st.sampled_from(["bogus", "x", "rand-n-1", "augmix-w-1"]),
+    "noise_mode": WORDS.filter(lambda w: w not in NOISE_MODES),
+    "mixup_prob": bad_float(0, 1),
+    "mixup_switch_prob": bad_float(0, 1),
+    "mixup_smoothing": bad_float(0, 1, high_ok=False),
     "mixup": st.one_of(number(-1e9, -1e-9).map(repr), NOT_FINITE),
     "cutmix": st.one_of(number(-1e9, -1e-9).map(repr), NOT_FINITE),
     "init": WORDS.filter(lambda w: w not in INITS),

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -24,18 +25,21 @@ from ee_timm.producer import TimmProducer, training_samples
 from ee_timm.recipe import Recipe, resolve_recipe
 from ee_timm.train import DivergedError, train
 from ee_timm.transforms import GaussianNoise, batch_mixer, eval_transform, train_transform
-from helpers import small_digits
+from helpers import numpy_dsb_weights, small_digits
 from PIL import Image
 from rich.console import Console
 
 from ensemble_engine.errors import RecipeError
+from ensemble_engine.losses import create_loss
 from ensemble_engine.producer import ProduceRequest
 
 QUIET = Console(quiet=True)
 # Three short epochs with every random part switched on (crops, flips, AutoAugment, noise,
-# mixup, EMA), so that resuming must restore torch's, numpy's and Python's random states.
+# mixup and cutmix, EMA), so that resuming must restore torch's, numpy's and Python's random
+# states.
 FAST = {
-    "epochs": 3, "workers": 0, "batch_size": 8, "mixup": 0.2, "aa": "original", "noise": True,
+    "epochs": 3, "workers": 0, "batch_size": 8, "mixup": 0.2, "cutmix": 1.0, "aa": "original",
+    "noise": True,
     "vflip": True, "ema": True, "set": {"warmup_epochs": "1", "ema_decay": "0.9"},
 }  # fmt: skip
 
@@ -244,6 +248,49 @@ def test_mixup_gives_soft_targets_without_smoothing():
     torch.testing.assert_close(soft, expected)
 
 
+def test_imagenet_profile_is_the_seeds_and_digits_keep_theirs():
+    seed = resolve_recipe("resnet18-ce")
+    assert (seed.mixup, seed.cutmix) == (0.8, 1.0)  # DeiT / timm ImageNet alphas
+    assert (seed.mixup_prob, seed.mixup_switch_prob, seed.mixup_smoothing) == (1.0, 0.5, 0.0)
+    assert seed.tta == ("hflip", "color_jitter", "gauss_noise", "rotate")  # seed III-A, 4 views
+    assert (seed.noise, seed.noise_sigma, seed.noise_mode) == (1.0, (20.0, 20.0), "channel_shared")
+    small = digits()
+    assert (small.mixup, small.cutmix, small.noise, small.tta) == (0.0, 0.0, 0.0, ("identity",))
+    assert batch_mixer(small, 10) is None
+    mixer = batch_mixer(seed, 1000)  # timm's Mixup with the recipe's values
+    assert (mixer.mixup_alpha, mixer.cutmix_alpha, mixer.mix_prob, mixer.switch_prob) == (
+        0.8, 1.0, 1.0, 0.5,
+    )  # fmt: skip
+    assert (mixer.label_smoothing, mixer.mode, mixer.num_classes) == (0.0, "batch", 1000)
+    steps = {type(t).__name__: t for t in train_transform(seed).transforms}
+    noise = steps["GaussianNoise"]
+    assert (noise.p, noise.sigma, noise.mode) == (1.0, (20.0, 20.0), "channel_shared")
+    with pytest.raises(RecipeError, match="noise_mode must be one of"):
+        digits(set={"noise_mode": "grey"})
+    with pytest.raises(RecipeError, match="mixup_prob and mixup_switch_prob"):
+        digits(set={"mixup_switch_prob": "1.5"})
+
+
+def test_seed_noise_is_one_grey_field_of_sigma_20_per_image():
+    # AddGaussianNoise(mean=0, variance=1, amplitude=20): 20 * N(0, 1) on the 0-255 scale, one
+    # field for R, G and B. Mid-grey pixels stay far from the clamp (20/255 = 0.078 per sigma).
+    torch.manual_seed(0)
+    flat = torch.full((3, 96, 96), 0.5)
+    stds = []
+    for _ in range(4):
+        diff = GaussianNoise()(flat) - flat
+        assert torch.equal(diff[0], diff[1]) and torch.equal(diff[1], diff[2])
+        assert abs(diff.mean().item()) < 0.004
+        stds.append(diff[0].std().item())
+    np_stds = torch.tensor(stds)
+    assert torch.allclose(np_stds, torch.full((4,), 20 / 255), rtol=0.03)  # fixed, not drawn
+    # per_channel with a σ range: channels differ; each image its own σ in [1, 20]
+    per = [GaussianNoise(sigma=(1.0, 20.0), mode="per_channel")(flat) - flat for _ in range(8)]
+    assert not torch.equal(per[0][0], per[0][1])
+    spread = torch.tensor([d.std().item() * 255 for d in per])
+    assert spread.min() > 0.9 and spread.max() < 20.5 and spread.max() - spread.min() > 2
+
+
 def test_xavier_init_of_convs_and_linears():
     xavier = build_model(digits(), 10)
     default = build_model(digits(init="default"), 10)
@@ -448,6 +495,98 @@ def test_resume_ends_with_the_same_weights(finished_run, tiny_digits, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a)
     losses = [[r["train_loss"] for r in res.history] for res in (uninterrupted, resumed)]
     assert losses[0] == losses[1]
+
+
+# --- a loss that pools features (dsb_focal) ------------------------------------------------
+
+
+def test_with_features_is_one_forward_of_the_model(monkeypatch):
+    from ee_timm.builders import WithFeatures
+
+    torch.manual_seed(0)
+    model = build_model(digits(), 10).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        pre = model.forward_head(model.forward_features(x), pre_logits=True)
+        calls = []
+        real = model.forward_features
+        monkeypatch.setattr(model, "forward_features", lambda t: calls.append(1) or real(t))
+        logits, features = WithFeatures(model)(x)
+    assert calls == [1]  # one forward for both
+    assert torch.equal(logits, expected) and torch.equal(features, pre)
+    assert features.shape == (4, model.num_features)
+    # under autocast (AMP) the features come in low precision; the pools keep float32
+    loss = create_loss("dsb_focal", update_every=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, features = WithFeatures(model)(x)
+        value = loss(logits, torch.tensor([0, 0, 1, 1]))
+    assert features.dtype == torch.bfloat16 and value.dtype == torch.float32
+    loss.update_features(features, torch.tensor([0, 0, 1, 1]))
+    assert loss.feature_pool.dtype == torch.float32 and loss.pool_count.tolist()[:3] == [2, 2, 0]
+    assert torch.isfinite(loss.class_weights).all()
+
+
+def test_dsb_focal_run_ends_with_the_weights_of_its_pools(run_cli, tiny_digits, tmp_path):
+    result = run_cli(
+        "produce", "resnet10t-dsb_focal", "--data", tiny_digits.root, "--store",
+        tmp_path / "s.zarr", "--runs-dir", tmp_path / "runs", "--run-id", "r",
+        "--set", "defaults=digits", "--img-size", "16", "--epochs", "2", "--batch-size", "8",
+        "--workers", "0", "--test-sizes", "16",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    last = load_checkpoint(tmp_path / "runs" / "r" / "last.pth")["loss"]
+    # 4 images a class, 5 steps an epoch: every step fed its features (8 a class, 10 calls)
+    assert last["pool_count"].tolist() == [8] * 10 and last["_extra_state"] == {"calls": 10}
+    pool, count = last["feature_pool"].numpy(), last["pool_count"].numpy()
+    np.testing.assert_allclose(np.linalg.norm(pool[:, :8], axis=2), 1.0, rtol=1e-5)  # unit rows
+    assert not pool[:, 8:].any()  # the rest of each pool of 64 is still empty
+    weights = last["class_weights"].numpy()
+    assert weights.max() - weights.min() > 1e-3  # not uniform: the loss re-weighted
+    np.testing.assert_allclose(weights, numpy_dsb_weights(pool, count), rtol=1e-5)
+    best = load_checkpoint(tmp_path / "runs" / "r" / "best.pth")["loss"]
+    assert set(best) == {"class_weights", "scales"}  # best.pth: no pools
+
+
+def test_dsb_focal_resume_ends_where_an_uninterrupted_run_ends(tiny_digits, tmp_path):
+    # Pools of 4 that wrap and a refresh every 3 steps (5 steps an epoch), mixup and cutmix on:
+    # the resumed run must restore the pools, their ring positions and the update count.
+    fast = {**FAST, "loss_params": {"pool_size": 4, "update_every": 3}}
+    recipe = resolve_recipe("resnet10t-dsb_focal", fast, defaults="digits")
+    train_s, val_s = training_samples(tiny_digits, recipe)
+    whole = train(recipe, train_s, val_s, tiny_digits.classes, tmp_path / "whole", console=QUIET)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_two(row):
+        if row["epoch"] == 2:
+            raise Interrupted
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        train(recipe, train_s, val_s, tiny_digits.classes, run_dir, console=QUIET,
+              on_epoch_end=stop_after_two)  # fmt: skip
+    resumed = train(recipe, train_s, val_s, tiny_digits.classes, run_dir, resume=True,
+                    console=QUIET)  # fmt: skip
+    a, b = load_checkpoint(whole.last_path), load_checkpoint(resumed.last_path)
+    assert a["loss"]["_extra_state"] == b["loss"]["_extra_state"] == {"calls": 15}
+    assert not torch.equal(a["loss"]["class_weights"], torch.ones(10))
+    for part in ("model", "ema", "loss"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            if isinstance(a[part][key], torch.Tensor):
+                assert torch.equal(a[part][key], b[part][key]), (part, key)
+    assert [r["train_loss"] for r in whole.history] == [r["train_loss"] for r in resumed.history]
+
+
+def test_mixing_a_run_smaller_than_one_odd_batch(tiny_digits, tmp_path):
+    # The imagenet profile mixes every batch, and timm's Mixup takes pairs: 7 train images in
+    # batches of 64 are one batch of 7, trained as 6 (else: timm's "batch size should be even").
+    recipe = digits(epochs=1, workers=0, mixup=0.8, cutmix=1.0, img_size=16, test_sizes=[16])
+    train_s = tiny_digits.samples("train")[:7]
+    result = train(recipe, train_s, [], tiny_digits.classes, tmp_path / "run", console=QUIET)
+    assert result.epochs_done == 1 and result.img_s > 0
 
 
 def test_diverging_loss_stops_before_writing(tiny_digits, tmp_path, monkeypatch):

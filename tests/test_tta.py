@@ -136,6 +136,24 @@ def test_gauss_noise_has_sigma_on_the_255_scale():
     assert diff.std().item() == pytest.approx(0.1, rel=0.03)
 
 
+def test_gauss_noise_default_is_the_seeds_grey_sigma_20_field():
+    # AddGaussianNoise(0, 1, 20): 20 * N(0, 1) on the 0-255 scale, one field for R, G and B.
+    pixels = torch.full((8, 3, 48, 48), 0.5)
+    images = from_pixels(pixels, MEAN, STD)
+    diff = to_pixels(GaussNoise(mean=MEAN, std=STD)(images, view_generator(0, "n")), MEAN, STD)
+    diff = diff - pixels
+    torch.testing.assert_close(diff[:, 0], diff[:, 1], rtol=0, atol=1e-5)  # float rounding
+    torch.testing.assert_close(diff[:, 1], diff[:, 2], rtol=0, atol=1e-5)
+    assert diff[:, 0].std().item() == pytest.approx(20 / 255, rel=0.03)
+    assert abs(diff.mean().item()) < 0.003
+    per = GaussNoise(mode="per_channel", mean=MEAN, std=STD)(images, view_generator(0, "n"))
+    per = to_pixels(per, MEAN, STD) - pixels
+    assert (per[:, 0] - per[:, 1]).abs().max() > 0.1  # independent channels
+    assert per.std().item() == pytest.approx(20 / 255, rel=0.03)
+    with pytest.raises(RecipeError, match="mode must be one of"):
+        GaussNoise(mode="grey")
+
+
 def test_color_jitter_brightness_scales_pixels_per_image():
     pixels = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.8
     view = ColorJitter(brightness=0.2, contrast=0, saturation=0, mean=MEAN, std=STD)

@@ -24,7 +24,8 @@ def recipes_command(as_json: bool) -> None:
     from ensemble_engine.plugins import get_host
 
     from .backbones import BACKBONE_ALIASES
-    from .recipe import PROFILE_NOTES
+    from .recipe import PROFILE_NOTES, PROFILES
+    from .recipe_spec import SEED_SOURCES, profile_values
 
     losses = [
         {"name": e.name, "aliases": list(e.aliases), "description": e.description,
@@ -32,7 +33,11 @@ def recipes_command(as_json: bool) -> None:
         for e in get_host().losses
     ]  # fmt: skip
     if as_json:
-        payload = {"backbones": BACKBONE_ALIASES, "losses": losses, "defaults": PROFILE_NOTES}
+        payload = {
+            "backbones": BACKBONE_ALIASES, "losses": losses, "defaults": PROFILE_NOTES,
+            "profiles": {name: profile_values(name) for name in PROFILES},
+            "sources": SEED_SOURCES,
+        }  # fmt: skip
         click.echo(json.dumps(payload, indent=2))
         return
     from rich.console import Console
@@ -49,8 +54,19 @@ def recipes_command(as_json: bool) -> None:
     profiles = Table("defaults", "values", title="defaults profiles")
     for profile, note in PROFILE_NOTES.items():
         profiles.add_row(profile, note)
-    for table in (backbones, loss_table, profiles):
+    values = Table("value", *PROFILES, "imagenet value from", title="profile values")
+    by_profile = {name: profile_values(name) for name in PROFILES}
+    for key in by_profile["imagenet"]:
+        shown = [_shown(by_profile[name][key]) for name in PROFILES]
+        values.add_row(key, *shown, SEED_SOURCES.get(key, ""))
+    for table in (backbones, loss_table, profiles, values):
         console.print(table)
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return "none" if value is None else str(value)
 
 
 @click.command("predict")

@@ -25,7 +25,8 @@ REFERENCE_TEST_SIZES = (224, 320, 380)  # the seed predicted at these sizes for 
 SUBSET_PER_CLASS = 500  # a specialist's training images per listed class (resampled)
 OTHER_PER_CLASS = 5  # a specialist's training images per other class, all labelled __other__
 VFLIP_ON = 0.5  # probability that --vflip switches on
-NOISE_ON = 1.0  # probability that --noise switches on: every image gets its own σ
+NOISE_ON = 1.0  # probability that --noise switches on: every image gets noise
+NOISE_MODES = ("channel_shared", "per_channel")
 INITS = ("xavier", "default")
 SEED_LIMIT = 2**32  # numpy's global generator, seeded with the recipe's seed, takes 32 bits
 
@@ -54,10 +55,17 @@ class Recipe:
     vflip: float = 0.5
     color_jitter: tuple[float, float, float, float] = (0.5, 0.5, 0.5, 0.1)
     noise: float = NOISE_ON  # probability of additive Gaussian noise
-    noise_sigma: tuple[float, float] = (1.0, 20.0)  # σ range on the 0–255 scale
+    # σ on the 0–255 scale, drawn per image from U(min, max); min = max is a fixed amplitude.
+    # The seed's "Gaussian noise 0, 1, 20": N(0, 1) × 20, one field shared by R, G and B.
+    noise_sigma: tuple[float, float] = (20.0, 20.0)
+    noise_mode: str = "channel_shared"  # one noise field for all channels, or per_channel
     aa: str | None = "original"  # a timm augmentation policy string, or None
-    mixup: float = 0.0  # mixup alpha; 0 switches it off
-    cutmix: float = 0.0  # cutmix alpha; 0 switches it off
+    # timm's Mixup (batch mode), with the alphas of DeiT / timm's ImageNet recipes.
+    mixup: float = 0.8  # mixup alpha; 0 switches it off
+    cutmix: float = 1.0  # cutmix alpha; 0 switches it off
+    mixup_prob: float = 1.0  # probability that a batch is mixed at all (timm's default)
+    mixup_switch_prob: float = 0.5  # probability of cutmix rather than mixup (timm's default)
+    mixup_smoothing: float = 0.0  # label smoothing of the mixed targets; losses own smoothing
     init: str = "xavier"
     amp: bool = True  # mixed precision, used on CUDA only
     channels_last: bool = True  # used on CUDA only
@@ -67,7 +75,8 @@ class Recipe:
     device: str = "auto"
     workers: int = 4
     test_sizes: tuple[int, ...] = REFERENCE_TEST_SIZES
-    tta: tuple[str, ...] = ("identity", "hflip")  # views that match the training flips
+    # The seed's four test-phase views (section III-A); no identity view, as in the seed.
+    tta: tuple[str, ...] = ("hflip", "color_jitter", "gauss_noise", "rotate")
     merge: str = "mean_logits"  # how the TTA views' outputs become one score row
     crop_pct: float = 0.875
     holdout: float = 0.0  # fraction of train held out for validation; 0 uses the val split
@@ -127,9 +136,11 @@ WEIGHT_NEUTRAL = frozenset({"device", "workers", "test_sizes", "tta", "merge"})
 SUBSET_FIELDS = ("subset", "subset_per_class", "other_per_class")
 
 PROFILES: dict[str, dict[str, Any]] = {
-    "imagenet": {},
+    "imagenet": {},  # the ``Recipe`` defaults: the seed's values (see ``SEED_SOURCES``)
     # The embedded digits are 32-pixel grey images of 10 classes, 50 per class: short training,
-    # a gentler rate, no flips (a flipped 2 or 7 is no digit) and crops that keep most of it.
+    # a gentler rate, no flips (a flipped 2 or 7 is no digit) and crops that keep most of it;
+    # no mixup/cutmix (30 epochs on 500 images are too short for them to pay off, and a pasted
+    # patch of another digit can erase the stroke that tells 1 from 7) and no noise.
     "digits": {
         "epochs": 30,
         "batch_size": 64,
@@ -141,14 +152,78 @@ PROFILES: dict[str, dict[str, Any]] = {
         "vflip": 0.0,
         "noise": 0.0,
         "aa": None,
+        "mixup": 0.0,
+        "cutmix": 0.0,
         "workers": 2,
         "tta": ("identity",),  # no flips in training, so none at test time either
     },
 }
+# Where each value of the imagenet profile comes from: the seed report's section, or our choice.
+SEED_SOURCES = {
+    "epochs": "our choice (the seed gives none)",
+    "batch_size": "our choice (the seed gives none)",
+    "lr": "seed III-B: SGD, lr 0.1",
+    "momentum": "seed III-B",
+    "weight_decay": "seed III-B",
+    "warmup_epochs": "seed III-B: linear warm-up over 5 epochs, then cosine",
+    "img_size": "seed III-A.1",
+    "scale": "seed III-A.1",
+    "ratio": "seed III-A.1",
+    "hflip": "seed III-A.2",
+    "vflip": "seed III-A.2",
+    "color_jitter": "seed III-A.3: [0.5, 1.5] ×3, hue [-0.1, 0.1]",
+    "noise": "seed III-A.4: every image",
+    "noise_sigma": "seed III-A.4: 'Gaussian noise 0, 1, 20' = N(0, 1) × 20 (0–255 scale)",
+    "noise_mode": "seed III-A.4 as in the AddGaussianNoise it names: one field for R, G, B",
+    "aa": "seed II-C.1: AutoAugment's original policy",
+    "mixup": "seed II-C.2 (on); alpha 0.8 from DeiT / timm's ImageNet recipes",
+    "cutmix": "seed II-C.3 (on); alpha 1.0 from DeiT / timm's ImageNet recipes",
+    "mixup_prob": "timm's default (every batch mixed)",
+    "mixup_switch_prob": "timm's default (cutmix or mixup, even odds)",
+    "mixup_smoothing": "our choice: 0, label smoothing is a loss of its own (seed II-B.1, ls)",
+    "init": "seed III-B: Xavier",
+    "amp": "seed III-B: mixed precision",
+    "test_sizes": "seed III-C: 224, 320, 380",
+    "tta": "seed III-A: flip, colour jitter, Gaussian noise, rotation",
+    "merge": "our choice: mean of the views' logits",
+}
+PROFILE_VALUES = ("epochs", "img_size", "lr", "warmup_epochs", "batch_size", "hflip", "vflip",
+                  "aa", "noise", "noise_sigma", "noise_mode", "mixup", "cutmix", "mixup_prob",
+                  "mixup_switch_prob", "mixup_smoothing", "tta")  # fmt: skip
+
+
+def profile_values(profile: str) -> dict[str, Any]:
+    """The values a defaults profile gives (``Recipe`` defaults, then the profile's own)."""
+    defaults = {f.name: f.default for f in fields(Recipe) if f.name in PROFILE_VALUES}
+    merged = {**defaults, **{k: v for k, v in PROFILES[profile].items() if k in PROFILE_VALUES}}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in merged.items()}
+
+
+def _note(profile: str) -> str:
+    v = profile_values(profile)
+
+    def pair(x: list[float]) -> str:
+        return f"{x[0]:g}" if x[0] == x[1] else f"{x[0]:g}–{x[1]:g}"
+
+    noise = f"noise σ {pair(v['noise_sigma'])} {v['noise_mode']}" if v["noise"] else "no noise"
+    mix = (
+        f"mixup {v['mixup']:g}/cutmix {v['cutmix']:g} (switch {v['mixup_switch_prob']:g}, "
+        f"smoothing {v['mixup_smoothing']:g})"
+        if v["mixup"] or v["cutmix"]
+        else "no mixup/cutmix"
+    )
+    flips = "flips h/v" if v["hflip"] or v["vflip"] else "no flips"
+    aa = f"AutoAugment {v['aa']}" if v["aa"] else "no AutoAugment"
+    return (
+        f"{v['img_size']} px, lr {v['lr']:g}, {v['warmup_epochs']} warm-up epochs, "
+        f"{v['epochs']} epochs, batch {v['batch_size']}, {flips}, {aa}, {noise}, {mix}, "
+        f"tta {','.join(v['tta'])}"
+    )
+
+
 PROFILE_NOTES = {
-    "imagenet": "seed ImageNet defaults (224 px, lr 0.1, 5 warm-up epochs, 100 epochs)",
-    "digits": "defaults sized for the embedded digits (32 px, lr 0.05, 3 warm-up epochs, "
-    "30 epochs, batch 64, no flips/AutoAugment/noise)",
+    "imagenet": f"the seed's ImageNet recipe: {_note('imagenet')}",
+    "digits": f"sized for the embedded digits: {_note('digits')}",
 }
 
 
@@ -179,7 +254,13 @@ def recipe_problems(r: Recipe) -> list[tuple[bool, str]]:
         (all(0 <= p <= 1 for p in (r.hflip, r.vflip, r.noise)), "hflip, vflip, noise: p in [0, 1]"),
         (min(r.color_jitter) >= 0 and r.color_jitter[3] <= 0.5, "color_jitter >= 0, hue <= 0.5"),
         (0 <= r.noise_sigma[0] <= r.noise_sigma[1], "noise_sigma must be 0 <= min <= max"),
+        (r.noise_mode in NOISE_MODES, f"noise_mode must be one of {', '.join(NOISE_MODES)}"),
         (r.mixup >= 0 and r.cutmix >= 0, "mixup and cutmix alphas must be >= 0 (0 = off)"),
+        (
+            0 <= r.mixup_prob <= 1 and 0 <= r.mixup_switch_prob <= 1,
+            "mixup_prob and mixup_switch_prob must lie in [0, 1]",
+        ),
+        (0 <= r.mixup_smoothing < 1, "mixup_smoothing must lie in [0, 1), e.g. 0.1"),
         (
             r.batch_size % 2 == 0 or not (r.mixup or r.cutmix),
             "mixup/cutmix need an even batch_size",

@@ -1,7 +1,8 @@
 """Image transforms of the seed recipe, from torchvision and timm parts.
 
 Training: random resized crop, horizontal and vertical flips, colour jitter, timm's AutoAugment,
-additive Gaussian noise, ImageNet normalisation; mixup/cutmix act on whole batches afterwards.
+additive Gaussian noise (the seed's: one grey N(0, 1) × 20 field per image), ImageNet
+normalisation; timm's mixup/cutmix act on whole batches afterwards.
 Evaluation is timm's: resize to ``size / crop_pct``, then a centre crop of ``size``.
 
 All randomness comes from torch's and Python's global generators (AutoAugment uses ``random``,
@@ -34,24 +35,36 @@ EVAL_INTERPOLATION = "bilinear"  # as in training's random resized crops
 class GaussianNoise:
     """Add zero-mean Gaussian noise to an image tensor in [0, 1], then clip it back to [0, 1].
 
-    With probability ``p`` an image gets noise of its own standard deviation σ, drawn uniformly
-    from ``sigma`` on the 0–255 scale: mild sensor-like noise of varying strength, as in the
-    seed recipe.
+    With probability ``p`` an image gets noise of standard deviation σ on the 0–255 scale, drawn
+    per image from U(``sigma``); ``sigma = (20, 20)`` is the fixed amplitude of the seed's
+    "Gaussian noise 0, 1, 20" (``AddGaussianNoise(mean=0, variance=1, amplitude=20)``:
+    20 × N(0, 1)). ``mode="channel_shared"`` (the seed's) draws one noise field per image and adds
+    it to all three channels, so the noise is grey; ``"per_channel"`` draws one per channel.
+    The copied AddGaussianNoise clips only at 255 and lets negative values wrap around in its
+    uint8 cast; here both ends are clipped, on float pixels (no rounding to uint8).
     """
 
-    def __init__(self, p: float = 1.0, sigma: tuple[float, float] = (1.0, 20.0)) -> None:
+    def __init__(
+        self,
+        p: float = 1.0,
+        sigma: tuple[float, float] = (20.0, 20.0),
+        mode: str = "channel_shared",
+    ) -> None:
         self.p = p
         self.sigma = sigma
+        self.mode = mode
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         if self.p <= 0 or (self.p < 1 and torch.rand(()).item() >= self.p):
             return image
         low, high = self.sigma
         sigma = (low + (high - low) * torch.rand(()).item()) / 255.0
-        return (image + sigma * torch.randn_like(image)).clamp_(0.0, 1.0)
+        shape = image.shape if self.mode == "per_channel" else (1, *image.shape[1:])
+        noise = torch.randn(shape, dtype=image.dtype, device=image.device)
+        return (image + sigma * noise).clamp_(0.0, 1.0)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(p={self.p}, sigma={self.sigma})"
+        return f"{type(self).__name__}(p={self.p}, sigma={self.sigma}, mode={self.mode!r})"
 
 
 def auto_augment(policy: str | None, img_size: int) -> Callable | None:
@@ -117,7 +130,7 @@ def _augmentations(recipe: Recipe) -> list[Callable]:
 def _to_normalised(recipe: Recipe) -> list[Callable]:
     steps: list[Callable] = [T.ToTensor()]
     if recipe.noise > 0:
-        steps.append(GaussianNoise(recipe.noise, recipe.noise_sigma))
+        steps.append(GaussianNoise(recipe.noise, recipe.noise_sigma, recipe.noise_mode))
     steps.append(T.Normalize(MEAN, STD))
     return steps
 
@@ -137,14 +150,18 @@ def eval_transform(size: int, crop_pct: float) -> Callable:
 def batch_mixer(recipe: Recipe, num_classes: int) -> Mixup | None:
     """timm's mixup/cutmix on batches, or None when both alphas are 0.
 
-    Label smoothing stays 0 here: smoothing belongs to the loss (``label_smoothing``), so that
-    a recipe's loss means the same with and without mixup.
+    timm's ``Mixup`` in batch mode: each batch is mixed with probability ``mixup_prob``, by
+    cutmix with probability ``mixup_switch_prob`` (else mixup), its targets smoothed by
+    ``mixup_smoothing`` (0 in both profiles: smoothing belongs to the loss, ``label_smoothing``,
+    so a recipe's loss means the same with and without mixup).
     """
     if recipe.mixup <= 0 and recipe.cutmix <= 0:
         return None
     return Mixup(
         mixup_alpha=recipe.mixup,
         cutmix_alpha=recipe.cutmix,
-        label_smoothing=0.0,
+        prob=recipe.mixup_prob,
+        switch_prob=recipe.mixup_switch_prob,
+        label_smoothing=recipe.mixup_smoothing,
         num_classes=num_classes,
     )

@@ -72,7 +72,8 @@ def register_tta_views(register: Register) -> None:
     register(
         "gauss_noise",
         "ee_tta.views:GaussNoise",
-        description="Gaussian pixel noise, sigma on the 0-255 scale (default 10)",
+        description="Gaussian pixel noise, sigma on the 0-255 scale (default 20, one field "
+        "for all channels: the seed's; mode=per_channel for one per channel)",
         aliases=("noise",),
         random=True,
     )

@@ -35,6 +35,7 @@ from . import batched
 View = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 Channels = tuple[float, ...]
 ViewRequest = str | tuple[str, Mapping[str, Any]] | Mapping[str, Mapping[str, Any]]
+NOISE_MODES = ("channel_shared", "per_channel")
 
 
 def view_generator(seed: int, *keys: object, device: torch.device | str = "cpu") -> torch.Generator:
@@ -149,22 +150,30 @@ class ColorJitter:
 class GaussNoise:
     """Additive Gaussian noise of standard deviation ``sigma`` on the 0-255 pixel scale.
 
-    The noise is added to pixels (``sigma / 255`` on the [0, 1] scale, the same for every
-    channel), which are then clamped to the valid range, as with noise added to an image file.
+    The noise is added to pixels (``sigma / 255`` on the [0, 1] scale), which are then clamped
+    to the valid range, as with noise added to an image file. The default is the seed's
+    "Gaussian noise 0, 1, 20" (its training noise, used again in its test phase): σ = 20 and
+    ``mode="channel_shared"``, one N(0, 1) field per image added to all three channels (grey
+    noise, as ``AddGaussianNoise`` draws it); ``mode="per_channel"`` draws one per channel.
     """
 
-    sigma: float = 10.0
+    sigma: float = 20.0
+    mode: str = "channel_shared"
     mean: Channels = IMAGENET_DEFAULT_MEAN
     std: Channels = IMAGENET_DEFAULT_STD
 
     def __post_init__(self) -> None:
         if self.sigma < 0:
             raise RecipeError(f"gauss_noise sigma must be >= 0, got {self.sigma}")
+        if self.mode not in NOISE_MODES:
+            raise RecipeError(
+                f"gauss_noise mode must be one of {', '.join(NOISE_MODES)}, got {self.mode!r}"
+            )
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        noise = torch.randn(
-            images.shape, generator=generator, device=images.device, dtype=images.dtype
-        )
+        b, c, h, w = images.shape
+        shape = (b, c, h, w) if self.mode == "per_channel" else (b, 1, h, w)
+        noise = torch.randn(shape, generator=generator, device=images.device, dtype=images.dtype)
         pixels = to_pixels(images, self.mean, self.std) + noise * (self.sigma / 255.0)
         return from_pixels(pixels, self.mean, self.std)
 
