@@ -836,3 +836,17 @@ def test_recipes_lists_aliases_and_losses(run_cli):
     losses = {loss["name"]: loss["aliases"] for loss in data["losses"]}
     assert "taylor" in losses["taylor_ce"] and "ls" in losses["label_smoothing"]
     assert set(data["defaults"]) == {"imagenet", "digits"}
+    seed, small = data["profiles"]["imagenet"], data["profiles"]["digits"]
+    assert (seed["mixup"], seed["cutmix"], seed["mixup_switch_prob"]) == (0.8, 1.0, 0.5)
+    assert seed["tta"] == ["hflip", "color_jitter", "gauss_noise", "rotate"]
+    assert (seed["noise_sigma"], seed["noise_mode"]) == ([20.0, 20.0], "channel_shared")
+    assert (small["mixup"], small["cutmix"], small["noise"], small["tta"]) == (
+        0,
+        0,
+        0,
+        ["identity"],
+    )
+    assert "seed II-C.2" in data["sources"]["mixup"] and "III-A.4" in data["sources"]["noise_mode"]
+    assert "mixup 0.8/cutmix 1" in data["defaults"]["imagenet"]
+    table = run_cli("recipes").stdout  # the table shows them too
+    assert "mixup_switch_prob" in table and "channel_shared" in table

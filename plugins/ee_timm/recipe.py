@@ -7,10 +7,11 @@ the embedded 32-pixel digits). The resolved ``Recipe`` is frozen and saved with 
 run can be repeated from its ``recipe.yaml``.
 
 Prediction values (``test_sizes``, ``tta``, ``merge``) are part of the recipe but leave the
-weights alone, so they are not hashed into the run id. The default views are those the model
-saw in training: ``identity,hflip`` where training flips images (the ImageNet profile),
+weights alone, so they are not hashed into the run id. The default views are the seed's four
+test-phase views in the ImageNet profile (``hflip,color_jitter,gauss_noise,rotate``), and
 ``identity`` alone on the digits, which train without flips (a mirrored 2 is no digit). A
-non-empty ``subset`` makes the run a specialist (see ``specialist``).
+non-empty ``subset`` makes the run a specialist (see ``specialist``). ``recipe_spec.SEED_SOURCES``
+says where each of the ImageNet profile's values comes from (a section of the seed, or ours).
 
 The recipe lives in two modules, imported from here by everyone else: ``recipe_spec`` (the
 fields, the profiles and the constraints between values) and ``recipe_resolve`` (names, files,
