@@ -44,17 +44,61 @@ def open_dataset(root: Path | str | None, *, name: str | None = None, **params) 
     return datasets.get(name or "imagefolder").factory(Path(root), **params)
 
 
-def register_splits(store, source: DatasetSource) -> dict[str, str]:
+def register_splits(store, source: DatasetSource, *, replace: bool = False) -> dict[str, str]:
     """Record the source's classes and every split in ``store``; returns split → fingerprint.
 
     Registering the splits before any producer runs is what makes every producer's predictions
-    align row for row.
+    align row for row. Every split is checked against the store before anything is written
+    (``check_splits``): a refused registration leaves the store as it was. With ``replace``, a
+    split whose samples changed (images fixed, added or removed) is registered anew, unless
+    predictions were made on its old samples.
     """
+    samples = {split: source.samples(split) for split in source.split_names()}
+    changed = check_splits(store, source, samples, replace=replace)
     store.set_classes(source.classes)
     out = {}
-    for split in source.split_names():
-        samples = source.samples(split)
+    for split, rows in samples.items():
         out[split] = store.add_split(
-            split, [s.sample_id for s in samples], [s.label for s in samples]
+            split, [s.sample_id for s in rows], [s.label for s in rows], replace=split in changed
         )
     return out
+
+
+def check_splits(
+    store, source: DatasetSource, samples: dict[str, list[Sample]], *, replace: bool = False
+) -> list[str]:
+    """The registered splits whose samples differ from ``samples`` (split → the source's);
+    ``AlignmentError`` naming the fix unless ``replace`` and no prediction was made on them."""
+    from .errors import AlignmentError
+    from .records import split_fingerprint
+
+    if store.classes and store.classes != source.classes:
+        store.set_classes(source.classes)  # refuses, naming both class lists
+    changed = []
+    registered = store.split_names()
+    for split, rows in samples.items():
+        if split not in registered:
+            continue
+        old = store.split_header(split).fingerprint
+        new = split_fingerprint([s.sample_id for s in rows])
+        if old == new:
+            continue
+        made = sorted({p.name for p in store.list(split=split)})
+        what = (
+            f"split {split!r} in {store.path} holds other samples than {source.root} "
+            f"(fingerprint {old}, the folder's {new})"
+        )
+        if made:
+            shown = ", ".join(made[:5]) + (f" and {len(made) - 5} more" if len(made) > 5 else "")
+            raise AlignmentError(
+                f"{what}, and predictions {shown} were made on the store's samples: use another "
+                "store for this data (re-registering the split would orphan them; `ee predict "
+                "RUN --data DIR --store NEW` writes a trained run's predictions into a new one)"
+            )
+        if not replace:
+            raise AlignmentError(
+                f"{what}: re-register the folder's splits with `ee store init {store.path} "
+                f"--data {source.root} --replace-splits`, or use another store"
+            )
+        changed.append(split)
+    return changed

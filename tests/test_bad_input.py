@@ -793,6 +793,92 @@ CASES = [
 ]
 
 
+# --- issue 18, item 11: damaged images found before a write; re-registering changed splits ---
+
+
+def truncated(rel: str) -> Setup:
+    """Cut ``data/<rel>`` short: its header still reads, its pixels no longer do."""
+
+    def apply(root: Path) -> None:
+        path = root / "data" / rel
+        content = path.read_bytes()
+        path.write_bytes(content[: len(content) - 14])  # IEND and part of the last IDAT
+
+    return apply
+
+
+def registered(split: str, ids: list[str]) -> Setup:
+    """``split`` registered in the store with ``ids`` (as an earlier ``ee store init`` left it)."""
+    return lambda root: open_store(root / "s.zarr", "a").add_split(split, ids)
+
+
+CASES += [
+    Case(
+        "data: truncated image with --strict",
+        ("store", "init", "{root}/new.zarr", "--data", "{root}/data", "--strict"),
+        "1 file(s) in split 'train'",
+        "remove them or open the folder without strict",
+        both(GOOD_TREE, truncated("train/a/img1.png")),
+    ),
+    Case(
+        "data: a split whose images changed since it was registered",
+        ("store", "init", "{store}", "--data", "{root}/data"),
+        "split 'train' in",
+        "re-register the folder's splits with `ee store init",
+        both(registered("train", ["a/old.png", "b/old.png"]), GOOD_TREE),
+    ),
+    Case(
+        "data: --replace-splits on a split that predictions were made on",
+        ("store", "init", "{store}", "--data", "{root}/data", "--replace-splits"),
+        "and predictions lab, m1, sub were made on the store's samples",
+        "use another store for this data",
+        GOOD_TREE,
+    ),
+]
+
+
+def test_damaged_images_are_found_before_produce_writes_and_splits_re_register(tmp_path, run_cli):
+    """A truncated PNG (header fine, pixels cut) failed ``ee produce`` mid-training, after it
+    had created the store, registered the splits and made the run folder; after the fix the
+    re-run was refused ("re-register with replace") and no command did that."""
+    from ee_data import SkippedFilesWarning
+    from helpers import small_digits
+
+    data = small_digits(tmp_path / "d", train_per_class=2, val_per_class=1, test_images=4)
+    good = {p: p.read_bytes() for p in (data / "train" / "3").iterdir()}
+    damaged = sorted(good)[0]
+    damaged.write_bytes(good[damaged][: len(good[damaged]) // 2])
+    store, runs = tmp_path / "s.zarr", tmp_path / "runs"
+    quick = ("--epochs", "1", "--set", "defaults=digits", "--workers", "0", "--test-sizes", "32")
+    args = ("produce", "resnet10t-ce", "--data", data, "--store", store, "--runs-dir", runs, *quick)
+    with pytest.warns(SkippedFilesWarning, match=f"split 'train' .*: 3/{damaged.name}"):
+        res = run_cli(*args)
+    assert res.exit_code == 0, res.output
+    assert open_store(store, "r").split("train").n == 19  # skipped, not met in training
+
+    damaged.write_bytes(good[damaged])  # fixed: the train split now has one more image
+    before = snapshot(tmp_path)
+    res = run_cli(*args, "--force")
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    fix = f"`ee store init {store} --data {data} --replace-splits`"
+    assert res.stderr.splitlines()[-1].endswith(f"{fix}, or use another store"), res.stderr
+    assert snapshot(tmp_path) == before  # refused: nothing written
+
+    res = run_cli("store", "init", store, "--data", data, "--replace-splits")
+    assert res.exit_code == 0, res.output
+    assert "train: 20 samples (" in res.stdout and "re-registered (was" in res.stdout
+    assert run_cli("validate", store).exit_code == 0
+
+    # a test image is added: the store's predictions were made on the old test split
+    test_image = sorted((data / "test" / "imgs").iterdir())[0]
+    (test_image.parent / "added.png").write_bytes(test_image.read_bytes())
+    before = snapshot(tmp_path)
+    res = run_cli("store", "init", store, "--data", data, "--replace-splits")
+    assert res.exit_code == 2, res.output
+    assert "predictions resnet10t-ce-s32 were made on the store's samples" in res.stderr
+    assert snapshot(tmp_path) == before
+
+
 def test_catalogue_is_large_and_ids_are_unique():
     assert len(CASES) >= 30
     assert len({c.id for c in CASES}) == len(CASES)

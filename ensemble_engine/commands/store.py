@@ -9,10 +9,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..data import DatasetSource, open_dataset, register_splits
-from ..errors import AlignmentError, StoreError
+from ..data import open_dataset, register_splits
+from ..errors import StoreError
 from ..location import store_exists, store_location
-from ..store import Prediction, PredictionStore, open_store, split_fingerprint
+from ..store import Prediction, open_store
 
 FACTS = ("backbone", "loss", "test_size", "tta", "seed", "combiner")
 
@@ -139,33 +139,28 @@ def store_group() -> None:
     help="Image folder (VIPriors layout or ImageFolder); default: the embedded digits.",
 )
 @click.option("--strict", is_flag=True, help="Fail on unreadable images instead of skipping them.")
-def store_init_command(store: str, data_dir: Path | None, strict: bool) -> None:
+@click.option(
+    "--replace-splits",
+    is_flag=True,
+    help="Re-register splits whose images changed (fixed, added, removed). Refused for a split "
+    "that predictions were made on: they would no longer align.",
+)
+def store_init_command(
+    store: str, data_dir: Path | None, strict: bool, replace_splits: bool
+) -> None:
     """Create STORE (if needed) and register the splits of a data folder.
 
-    Every producer writes rows in the order registered here, so predictions align.
+    Every producer writes rows in the order registered here, so predictions align. A data
+    folder whose splits changed since they were registered is refused; --replace-splits
+    registers them anew where no prediction was made on them yet.
     """
     params = {"strict": strict} if data_dir is not None else {}
     source = open_dataset(data_dir, **params)
     for split in source.split_names():
         source.samples(split)  # every unreadable file or empty folder is found before a write
     st = open_store(store, "a")
-    _check_unchanged(st, source)
-    fps = register_splits(st, source)
+    before = {s: st.split_header(s).fingerprint for s in st.split_names()}
+    fps = register_splits(st, source, replace=replace_splits)
     for split, fp in fps.items():
-        click.echo(f"{split}: {st.split(split).n} samples ({fp})")
-
-
-def _check_unchanged(st: PredictionStore, source: DatasetSource) -> None:
-    """Refuse, before anything is written, a data folder that disagrees with the store."""
-    if st.classes and st.classes != source.classes:
-        st.set_classes(source.classes)  # refuses, naming both class lists
-    for split in source.split_names():
-        if split not in st.split_names():
-            continue
-        old = st.split(split).fingerprint
-        new = split_fingerprint([s.sample_id for s in source.samples(split)])
-        if old != new:
-            raise AlignmentError(
-                f"split {split!r} in {st.path} holds other samples than {source.root} "
-                f"(fingerprint {old}, the folder's {new}): use another store for this data"
-            )
+        again = f", re-registered (was {before[split]})" if before.get(split, fp) != fp else ""
+        click.echo(f"{split}: {st.split(split).n} samples ({fp}){again}")

@@ -16,10 +16,14 @@ Sample ids are paths relative to the folder that holds the class folders or the 
 
 Construction reads only the folder structure, so it is cheap on big sets. ``samples(split)``
 lists the split's files once (recursively, hidden files and folders ignored, sorted by id) and
-checks each cheaply: the extension, then the image header via ``PIL.Image.open`` without
-decoding the pixels. Files that fail are skipped with one ``SkippedFilesWarning`` per split and
-listed in ``source.skipped``; with ``strict=True`` they raise ``DataError`` instead. A file whose
-header is fine but whose pixels are damaged fails later, in ``load_image``, with a ``DataError``.
+checks each cheaply, so that a damaged image is found before a producer writes anything
+rather than when training reaches it: the extension, the image header (``PIL.Image.open``),
+then that the file is whole: a PNG's chunks and checksums are read (``Image.verify``, no
+decoding), a JPEG must end with its end-of-image marker (one that does not, say one with
+trailing data, is decoded), any other format is decoded. Files that fail are skipped with one
+``SkippedFilesWarning`` per split and listed in ``source.skipped``; with ``strict=True`` they
+raise ``DataError`` instead. A whole JPEG whose compressed data is damaged inside passes these
+checks and fails later, in ``load_image``, with a ``DataError``.
 """
 
 from __future__ import annotations
@@ -68,13 +72,28 @@ def _walk_files(folder: Path) -> list[Path]:
 
 
 def _is_readable_image(path: Path) -> bool:
+    """Whether ``path`` is an image PIL reads whole, checked cheaply (see the module docstring):
+    the header; then a PNG's chunks and their checksums (``verify``: read, not decoded), a
+    JPEG's end-of-image marker (decoded only where it is missing); other formats are decoded."""
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         return False
     try:
-        with Image.open(path):
-            return True
-    except (OSError, SyntaxError, ValueError):
+        with Image.open(path) as image:
+            if image.format == "PNG":
+                image.verify()
+            elif image.format != "JPEG" or not _ends_with_jpeg_end(path):
+                image.load()
+        return True
+    except (OSError, SyntaxError, ValueError, EOFError):
         return False
+
+
+def _ends_with_jpeg_end(path: Path) -> bool:
+    """Whether the file's last bytes (padding aside) are a JPEG end-of-image marker: a
+    truncated JPEG lacks it (a JPEG with trailing data lacks it too, and is decoded)."""
+    with path.open("rb") as f:
+        f.seek(max(0, path.stat().st_size - 64))
+        return f.read().rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")
 
 
 def _listing(paths: list[Path], base: Path) -> str:

@@ -169,14 +169,16 @@ class TimmProducer(Producer):
     def prepare_store(
         self, request: ProduceRequest, recipe: Recipe, source: DatasetSource, run_id: str
     ) -> None:
-        """Register the data's splits and refuse taken names (on rank 0 under torchrun); on
-        ``--resume`` the run's own predictions (from before an interruption) are not taken."""
-        register_splits(request.store, source)
-        if not request.force:
+        """Refuse taken names, then register the data's splits (on rank 0 under torchrun); on
+        ``--resume`` the run's own predictions (from before an interruption) are not taken. A
+        split whose images changed since it was registered is refused, naming the command that
+        re-registers it (``ee store init STORE --data DIR --replace-splits``)."""
+        if not request.force:  # checked first: a refused command registers nothing either
             name = request.name or base_name(recipe)
             own = run_id if request.resume else None
             splits = prediction_splits(source)
             check_names_free(request.store, name, recipe.test_sizes, splits, own_run=own)
+        register_splits(request.store, source)  # every split checked before any is written
 
     def predict(
         self,
@@ -239,6 +241,8 @@ def checked_request(
     ``recipe``: the request's, when the caller has resolved it already."""
     recipe = recipe or request_recipe(request)
     source = open_dataset(request.data_dir)
+    for split in source.split_names():  # damaged images are skipped now, not met in training
+        source.samples(split)
     check_test_sizes(recipe)
     train_samples, val_samples, classes = training_data(source, recipe)
     device = rank_device(resolve_device(recipe.device), launch)
