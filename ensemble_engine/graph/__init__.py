@@ -37,6 +37,10 @@ Rules worth knowing:
   fills in a ``where`` (combinations that select nothing are then dropped), and
   ``ee combine GRAPH --set loss=ce,focal`` replaces a placeholder's values in every node.
 - ``store:`` in the file is read relative to the file's folder; ``--store`` wins over it.
+- The YAML is read by ``ensemble_engine.strict_yaml``: a key written twice is an error, a merge
+  key (``<<: *a``, ``a`` an anchor on an earlier node) copies keys the node may then override,
+  ``1e-2`` is a number, and aliases may expand to at most 100000 values.
+- A graph expands to at most 10000 nodes (``expand.MAX_NODES``), checked before expanding.
 
 Each node's output records its lineage (combiner, plugin version, params, inputs, fitted state,
 graph hash, content hash). A node whose content hash is unchanged is not recomputed, so editing
