@@ -1,6 +1,6 @@
 """Strict YAML for the files users write: graph files, recipe files, and plugins' own files.
 
-``load_yaml`` is ``yaml.safe_load`` (nothing in the text is executed) with four differences:
+``load_yaml`` is ``yaml.safe_load`` (nothing in the text is executed) with three differences:
 
 - A key written twice in one mapping is refused: last-wins would silently drop a value
   (``epochs: 1`` … ``epochs: 500`` trains 500 epochs). Keys merged in with YAML's merge key
