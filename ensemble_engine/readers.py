@@ -179,8 +179,11 @@ def check_float16_range(scores: np.ndarray, name: str) -> None:
         )
 
 
-def check_labels(data: np.ndarray, name: str, split: str, n: int, k: int) -> None:
-    """A 1-D import must be one class index per sample of the split."""
+def check_labels(
+    data: np.ndarray, name: str, split: str, n: int, k: int, space: str = "the store's"
+) -> None:
+    """A 1-D import must be one class index per sample of the split (``space``: whose ``k``
+    classes the indices count, for the message)."""
     if data.dtype.kind not in "iu":
         raise StoreError(
             f"{name} holds {data.dtype} labels; save class indices as integers "
@@ -193,7 +196,7 @@ def check_labels(data: np.ndarray, name: str, split: str, n: int, k: int) -> Non
         )
     if data.size and (data.min() < 0 or data.max() >= k):
         raise StoreError(
-            f"{name} holds labels outside 0..{k - 1}; give class indices of the store's {k} classes"
+            f"{name} holds labels outside 0..{k - 1}; give class indices of {space} {k} classes"
         )
 
 

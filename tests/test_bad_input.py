@@ -322,7 +322,215 @@ ISSUE_18_CLI_CASES = [
 ]
 
 
+# --- issue 16, item 2: ee import --fact KEY=VALUE and --classes FILE --------------------------
+
+IMPORT_X = ("import", "{store}", "{root}/x.npy", "--split", "val", "--id", "x")
+X_NPY = npy("x.npy", np.zeros((12, 3), np.float32))
+X2_NPY = npy("x.npy", np.zeros((12, 2), np.float32))  # columns of a, __other__
+CLASSES_X = (*IMPORT_X, "--classes", "{root}/c.txt")
+
+
+def classes_file(content: str | bytes, data: Setup = X2_NPY) -> Setup:
+    return both(data, text("c.txt", content))
+
+
+def fact_case(label: str, facts: tuple[str, ...], fault: str, fix: str) -> Case:
+    args = tuple(a for f in facts for a in ("--fact", f))
+    return Case(f"import --fact: {label}", (*IMPORT_X, *args), fault, fix, X_NPY)
+
+
+ISSUE_16_IMPORT_CASES = [
+    fact_case("no =", ("loss",), "--fact 'loss' is not KEY=VALUE", "write e.g. --fact loss="),
+    fact_case("no key", ("=5",), "--fact '=5' is not KEY=VALUE", "write e.g. --fact loss="),
+    fact_case(
+        "key not a name",
+        ("test-size=224",),
+        "key 'test-size' is not a name",
+        "use letters, digits and _, not starting with a digit",
+    ),
+    fact_case(
+        "key starting with a digit", ("2nd=x",), "key '2nd' is not a name", "use letters, digits"
+    ),
+    fact_case(
+        "reserved key classes",
+        ("classes=a,b",),
+        "'classes' is reserved by the store format (the store writes it)",
+        "import a class subset with --classes FILE",
+    ),
+    fact_case(
+        "reserved key name",
+        ("name=x",),
+        "'name' is reserved by the store format",
+        "the name is --id",
+    ),
+    fact_case(
+        "reserved key tta",
+        ("tta=hflip",),
+        "'tta' is reserved by the store format (ee import writes it)",
+        "import the views as an .npz to record them",
+    ),
+    *(
+        fact_case(
+            f"reserved key {key}",
+            (f"{key}=1",),
+            f"{key!r} is reserved by the store format",
+            "record the fact under another key",
+        )
+        for key in (
+            "kind split split_fingerprint source metrics created complete inputs roles graph "
+            "graph_name node_hash state foreach combiner recipe subset view"
+        ).split()
+    ),
+    fact_case(
+        "reserved key merge",
+        ("merge=gmean",),
+        "'merge' is reserved by the store format (ee import writes it)",
+        "import the views as an .npz and choose --merge",
+    ),
+    fact_case(
+        "a key given twice",
+        ("loss=ce", "test_size=224", "loss=focal"),
+        "--fact loss is given twice ('ce' and 'focal')",
+        "give each fact once",
+    ),
+    fact_case(
+        "a YAML list", ("tags=[a, b]",), "the value is a YAML list", "quote it to keep it as text"
+    ),
+    fact_case(
+        "a YAML mapping", ("opts={{lr: 1}}",), "the value is a YAML mapping", "one text or number"
+    ),
+    fact_case("no value", ("loss=",), "--fact 'loss=': no value", "write e.g. --fact loss=VALUE"),
+    fact_case("null", ("loss=~",), "the value reads as null", "give a value or drop the fact"),
+    fact_case(
+        "not YAML", ("note=[ce",), "the value is not one plain YAML scalar", "quote it as text"
+    ),
+    fact_case(
+        "a YAML alias", ("note=*x",), "the value is not one plain YAML scalar", "quote it as text"
+    ),
+    *(
+        fact_case(
+            f"test_size={value}",
+            (f"test_size={value}",),
+            "test_size is a whole number >= 1, as `ee produce` records it",
+            "write e.g. --fact test_size=224",
+        )
+        for value in ("big", "0", "-32", "224.5", "true", "'224'")
+    ),
+    fact_case("seed not whole", ("seed=1.5",), "seed is a whole number, as", "--fact seed=0"),
+    fact_case("NaN", ("score=.nan",), "nan is not a finite number", "give a finite number"),
+    Case(
+        "import --classes: unknown class id",
+        CLASSES_X,
+        "c.txt line 2: 'z' is not a class of the store (a, b, c)",
+        "list the store's class ids (`ee ls STORE --json` shows them)",
+        classes_file("a\nz\n__other__\n"),
+    ),
+    Case(
+        "import --classes: a class listed twice",
+        CLASSES_X,
+        "c.txt line 3: class 'a' is listed twice (first on line 1)",
+        "list each class once",
+        classes_file("a\n\n a\n__other__\n"),
+    ),
+    Case(
+        "import --classes: __other__ listed twice",
+        CLASSES_X,
+        "c.txt line 3: class '__other__' is listed twice (first on line 2)",
+        "list each class once",
+        classes_file("a\n__other__\n__other__\n"),
+    ),
+    Case(
+        "import --classes: __other__ not last",
+        CLASSES_X,
+        "c.txt line 1: __other__ must be the last class (it stands for every class not listed)",
+        "move it to the end",
+        classes_file("__other__\na\n"),
+    ),
+    Case(
+        "import --classes: empty file",
+        CLASSES_X,
+        "c.txt lists no class",
+        "write one store class id per line, optionally ending with __other__",
+        classes_file(""),
+    ),
+    Case(
+        "import --classes: a BOM and blank lines only",
+        CLASSES_X,
+        "c.txt lists no class",
+        "write one store class id per line",
+        classes_file("\ufeff\n  \n\t\n".encode()),
+    ),
+    Case(
+        "import --classes: only __other__",
+        CLASSES_X,
+        "c.txt lists only __other__",
+        "list the classes the specialist tells apart above it",
+        classes_file("__other__\n"),
+    ),
+    Case(
+        "import --classes: not UTF-8",
+        CLASSES_X,
+        "c.txt is not UTF-8 text",
+        "save the class list as UTF-8",
+        classes_file(b"a\n\xff\xfe\n"),
+    ),
+    Case(
+        "import --classes: .npy wider than the list",
+        CLASSES_X,
+        "x.npy has shape [12, 3], split 'val' needs [12, 2] (c.txt lists 2 classes)",
+        "give one column per listed class",
+        classes_file("a\n__other__\n", X_NPY),
+    ),
+    Case(
+        "import --classes: CSV columns not the list's",
+        (*IMPORT_X[:2], "{root}/x.csv", *IMPORT_X[3:], "--classes", "{root}/c.txt"),
+        "x.csv has 3 class columns for 2 classes (c.txt lists 2 classes)",
+        "give one column per listed class",
+        classes_file("b\n__other__\n", text("x.csv", csv_rows(LOGIT_HEADER, VAL_ROWS))),
+    ),
+    Case(
+        "import --classes: .npz views not the list's",
+        (*IMPORT_X[:2], "{root}/v.npz", *IMPORT_X[3:], "--classes", "{root}/c.txt"),
+        "v.npz holds views of shape [12, 3], split 'val' needs [12, 2] (c.txt lists 2 classes)",
+        "give one column per listed class",
+        classes_file(
+            "c\n__other__\n",
+            lambda root: np.savez(root / "v.npz", identity=np.zeros((12, 3), np.float32)),
+        ),
+    ),
+    Case(
+        "import --classes: labels outside the listed classes",
+        CLASSES_X,
+        "x.npy holds labels outside 0..1",
+        "give class indices of c.txt's 2 classes",
+        classes_file("a\n__other__\n", npy("x.npy", np.arange(12) % 3)),
+    ),
+    Case(
+        "import --classes: no such file",
+        CLASSES_X,
+        "does not exist",
+        "ee import --help",
+        X2_NPY,
+    ),
+    Case(
+        "import --classes: a folder",
+        (*IMPORT_X, "--classes", "{root}"),
+        "is a directory",
+        "ee import --help",
+        X2_NPY,
+    ),
+    Case(
+        "import: .npy without --classes narrower than the store",
+        IMPORT_X,
+        "x.npy has shape [12, 2], split 'val' needs [12, 3]",
+        "give one column per store class, or a specialist's with --classes FILE",
+        X2_NPY,
+    ),
+]
+
+
 CASES = [
+    *ISSUE_16_IMPORT_CASES,
     # --- damaged or foreign stores --------------------------------------------------------
     Case(
         "store: newer format version",
