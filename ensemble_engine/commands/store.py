@@ -45,6 +45,51 @@ def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
+# The table's columns in display order, and the order in which they are kept when the terminal
+# is too narrow for all of them: the id and top-1 always, facts (folded onto several lines when
+# needed) before the rest. Rich would otherwise shrink every column to nothing at 80 columns.
+COLUMNS = ("id", "kind", "shape", "source", "facts", "top1", "top5", "nll")
+KEEP_ORDER = ("id", "top1", "facts", "kind", "top5", "nll", "source", "shape")
+FACTS_MIN_WIDTH = 16
+
+
+def _cell(row: dict, column: str) -> str:
+    if column in ("top1", "top5", "nll"):
+        return _fmt(row["metrics"].get(column))
+    if column == "shape":
+        return "×".join(map(str, row["shape"]))
+    if column == "source":
+        return "/".join(str(v) for v in row["source"].values())
+    if column == "facts":
+        return " ".join(
+            [f"{k}={_fact(v)}" for k, v in row["facts"].items()]
+            + [f"covered {k}={_fmt(v)}" for k, v in row.get("covered", {}).items()]
+        )
+    return str(row[column])
+
+
+def _fact(value: object) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _natural(cells: dict[str, list[str]], column: str) -> int:
+    return max([len(column), *(len(c) for c in cells[column])])
+
+
+def fitting_columns(cells: dict[str, list[str]], width: int) -> list[str]:
+    """The columns that fit ``width`` (each takes its widest cell plus 3 for padding and rule),
+    kept in ``KEEP_ORDER``; facts fold down to ``FACTS_MIN_WIDTH``. Display order is kept."""
+    used, kept = 1, set()  # the table's left rule
+    for column in KEEP_ORDER:
+        need = _natural(cells, column)
+        if column == "facts":
+            need = min(need, FACTS_MIN_WIDTH)
+        if column == "id" or used + need + 3 <= width:
+            kept.add(column)
+            used += need + 3
+    return [c for c in COLUMNS if c in kept]
+
+
 @click.command("ls")
 @click.argument("store")
 @click.option("--split", help="Only predictions of this split.")
@@ -69,30 +114,28 @@ def ls_command(store: str, split: str | None, pattern: str, as_json: bool) -> No
             )
         )
         return
+    cells = {column: [_cell(r, column) for r in rows] for column in COLUMNS}
+    console = Console()
+    shown = fitting_columns(cells, console.width)
+    hidden = [c for c in COLUMNS if c not in shown]
     table = Table(
         title=f"{st.path}: {len(st.classes)} classes, splits "
         + ", ".join(f"{s} ({st.split(s).n})" for s in st.split_names()),
+        caption=f"not shown at {console.width} columns: {', '.join(hidden)} (--json shows all)"
+        if hidden and rows
+        else None,
     )
-    table.add_column("id", no_wrap=True)
-    for column in ("kind", "shape", "source", "facts"):
-        table.add_column(column)
-    for column in ("top1", "top5", "nll"):
-        table.add_column(column, justify="right", no_wrap=True)
-    for r in rows:
-        m = r["metrics"]
-        table.add_row(
-            r["id"],
-            r["kind"],
-            "×".join(map(str, r["shape"])),
-            "/".join(str(v) for v in r["source"].values()),
-            " ".join(
-                [f"{k}={v}" for k, v in r["facts"].items()]
-                + [f"covered {k}={_fmt(v)}" for k, v in r.get("covered", {}).items()]
-            ),
-            _fmt(m.get("top1")),
-            _fmt(m.get("top5")),
-            _fmt(m.get("nll")),
+    for column in shown:
+        numeric = column in ("top1", "top5", "nll")
+        table.add_column(
+            column,
+            justify="right" if numeric else "left",
+            no_wrap=column != "facts",
+            overflow="fold",
+            min_width=min(FACTS_MIN_WIDTH, _natural(cells, column)) if column == "facts" else None,
         )
+    for i in range(len(rows)):
+        table.add_row(*(cells[c][i] for c in shown))
     Console().print(table)
     if not rows:
         click.echo("no predictions yet: run `ee produce` or `ee import`", err=True)
