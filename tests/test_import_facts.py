@@ -94,6 +94,8 @@ def test_imports_with_facts_run_the_shipped_graph(imported, run_cli):
         "loss": "taylor_ce",  # the alias recorded under its registered name, as ee produce does
         "test_size": 320,  # a number, as ee produce writes it
     }
+    # ee ls shows every fact an import was given, beyond the ones producers write
+    assert rows["cov-mynet-s224/test"]["facts"] == {"test_size": 224, "run": "cov-mynet"}
     st = open_store(imported, "r")
     spec = st.get("cov-mynet-s224", "test")
     assert spec.attrs["classes"] == ["8", "3", "5", "__other__"]

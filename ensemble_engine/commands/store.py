@@ -26,10 +26,18 @@ def prediction_row(pred: Prediction) -> dict:
         "kind": pred.kind,
         "shape": list(pred.shape),
         "source": {k: source.get(k) for k in ("type", "plugin") if k in source},
-        "facts": {k: pred.attrs[k] for k in FACTS if k in pred.attrs},
+        "facts": {k: pred.attrs[k] for k in _fact_keys(pred) if k in pred.attrs},
         "metrics": pred.metrics,
         **({"covered": covered} if (covered := covered_top1(pred)) else {}),
     }
+
+
+def _fact_keys(pred: Prediction) -> list[str]:
+    """The facts every producer writes, then those an import was given (``--fact``)."""
+    params = pred.source.get("params")
+    given = params.get("facts") if isinstance(params, dict) else None
+    extra = [str(k) for k in given] if isinstance(given, list) else []
+    return list(dict.fromkeys([*FACTS, *extra]))
 
 
 def covered_top1(pred: Prediction) -> dict[str, float | None]:
@@ -188,22 +196,69 @@ def store_group() -> None:
     help="Re-register splits whose images changed (fixed, added, removed). Refused for a split "
     "that predictions were made on: they would no longer align.",
 )
+@click.option(
+    "--holdout",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    metavar="FRACTION",
+    help="Also register the split `holdout`: FRACTION of every class of train+val (the seed's "
+    "fusion split). Producers then train on train+val minus it, validate and predict on it.",
+)
+@click.option(
+    "--holdout-seed",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Seed of the holdout draw (default 0; with --holdout).",
+)
 def store_init_command(
-    store: str, data_dir: Path | None, strict: bool, replace_splits: bool
+    store: str,
+    data_dir: Path | None,
+    strict: bool,
+    replace_splits: bool,
+    holdout: float | None,
+    holdout_seed: int | None,
 ) -> None:
     """Create STORE (if needed) and register the splits of a data folder.
 
     Every producer writes rows in the order registered here, so predictions align. A data
     folder whose splits changed since they were registered is refused; --replace-splits
     registers them anew where no prediction was made on them yet.
+
+    With --holdout FRACTION (the seed's setup: train on train+val, fuse on a new split), a
+    stratified, seeded share of train+val is registered as the split `holdout`, ids prefixed
+    with their split (train/3/x.png), and recorded in the store. `ee produce` then trains on
+    train+val minus holdout, validates on holdout and predicts holdout and test; fuse with
+    `ee combine GRAPH --fit holdout --apply holdout,test`.
+
+    \b
+    Example:
+      ee store init vip.zarr --data ./vipriors --holdout 0.2
     """
+    from ..holdout import HoldoutRecord, HoldoutSource, with_store_holdout
+
+    if holdout_seed is not None and holdout is None:
+        raise click.UsageError("--holdout-seed needs --holdout FRACTION")
+    record = None if holdout is None else HoldoutRecord(holdout, holdout_seed or 0)
     params = {"strict": strict} if data_dir is not None else {}
     source = open_dataset(data_dir, **params)
     for split in source.split_names():
         source.samples(split)  # every unreadable file or empty folder is found before a write
+    if record is not None:
+        source = HoldoutSource(source, record)
+        source.training_samples()  # a class too small to hold out of is found before a write
     st = open_store(store, "a")
+    st.check_holdout(record)  # a holdout drawn otherwise is refused before a write
+    if record is None:
+        source = with_store_holdout(source, st)  # the store's holdout is checked as well
     before = {s: st.split_header(s).fingerprint for s in st.split_names()}
     fps = register_splits(st, source, replace=replace_splits)
+    if record is not None:
+        st.set_holdout(record)
     for split, fp in fps.items():
         again = f", re-registered (was {before[split]})" if before.get(split, fp) != fp else ""
         click.echo(f"{split}: {st.split(split).n} samples ({fp}){again}")
+    if isinstance(source, HoldoutSource):
+        click.echo(
+            f"{source.record.split}: held out of {'+'.join(source.record.sources)} "
+            f"({source.record.describe()}); producers train on the rest and predict it, graphs "
+            f"fit on it: `ee combine GRAPH --fit holdout --apply holdout,test`"
+        )
