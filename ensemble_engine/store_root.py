@@ -18,6 +18,7 @@ from zarr.core.group import AsyncGroup
 from zarr.core.sync import sync
 
 from .errors import AlignmentError, StoreError
+from .holdout import HoldoutRecord
 from .local_nodes import WRITE_EMPTY
 from .locks import StoreLock
 from .records import (
@@ -119,6 +120,37 @@ class StoreRoot:
             if class_names is not None:
                 update["class_names"] = [str(n) for n in class_names]
             self.group.attrs.update(update)
+
+    def holdout_record(self) -> HoldoutRecord | None:
+        """How the store's held-out fusion split was drawn (``ee store init --holdout``), or
+        None where it has none (see ``ensemble_engine.holdout``)."""
+        attrs = self.group.attrs.get("holdout")
+        if attrs is None:
+            return None
+        try:
+            return HoldoutRecord.from_attrs(attrs)
+        except ValueError as exc:
+            raise self._damaged(
+                "the root's holdout record", str(exc), "re-create the store"
+            ) from None
+
+    def set_holdout(self, record: HoldoutRecord) -> None:
+        """Record ``record``; the same one again is a no-op, another is an ``AlignmentError``."""
+        with self.lock("meta"):
+            self.group = zarr.open_group(store=self.group.store, mode="r+")  # see other writers
+            self.check_holdout(record)
+            if self.holdout_record() is None:
+                self.group.attrs.update({"holdout": record.to_attrs()})
+
+    def check_holdout(self, record: HoldoutRecord | None) -> None:
+        """``AlignmentError`` where the store holds a held-out split drawn otherwise."""
+        current = self.holdout_record()
+        if current is not None and record is not None and current != record:
+            raise AlignmentError(
+                f"store {self.path} holds a held-out split drawn with {current.describe()}, "
+                f"not {record.describe()}: give --holdout {current.fraction:g} --holdout-seed "
+                f"{current.seed}, or use another store"
+            )
 
     # --- splits -----------------------------------------------------------------------------
 

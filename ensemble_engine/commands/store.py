@@ -227,7 +227,7 @@ def store_init_command(
     stratified, seeded share of train+val is registered as the split `holdout`, ids prefixed
     with their split (train/3/x.png), and recorded in the store. `ee produce` then trains on
     train+val minus holdout, validates on holdout and predicts holdout and test; fuse with
-    `ee combine GRAPH --fit holdout --apply holdout,test`.
+    `ee combine GRAPH --fit holdout` (apply: holdout and test).
 
     \b
     Example:
@@ -260,5 +260,5 @@ def store_init_command(
         click.echo(
             f"{source.record.split}: held out of {'+'.join(source.record.sources)} "
             f"({source.record.describe()}); producers train on the rest and predict it, graphs "
-            f"fit on it: `ee combine GRAPH --fit holdout --apply holdout,test`"
+            f"fit on it: `ee combine GRAPH --fit holdout`"
         )
