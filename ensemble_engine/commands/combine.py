@@ -10,8 +10,12 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from ..errors import GraphError, StoreError
 from ..graph import NodeResult, Plan, execute, load_graph, parse_set_option, plan, shipped_graphs
-from ..store import open_store
+from ..graph.source import GraphSpec
+from ..holdout import HOLDOUT_SPLIT
+from ..store import PredictionStore, open_store
+from .produce import split_list
 
 DEFAULT_STORE = "ee.zarr"
 
@@ -44,6 +48,20 @@ DEFAULT_STORE = "ee.zarr"
     help="Run NODE and the nodes it reads only (e.g. stage2 before specialists exist); "
     "the rest of the graph is not checked and is listed as left out.",
 )
+@click.option(
+    "--fit",
+    "fit",
+    metavar="SPLIT",
+    help="Fit on SPLIT instead of the graph's fit split (which it also replaces in apply), e.g. "
+    "the held-out split of `ee store init --holdout`: --fit holdout.",
+)
+@click.option(
+    "--apply",
+    "apply",
+    metavar="A,B",
+    help="Write these splits instead of the graph's apply splits (the fit split is always "
+    "written).",
+)
 @click.option("--force", is_flag=True, help="Recompute every node, cached or not.")
 @click.option(
     "--workers",
@@ -60,6 +78,8 @@ def combine_command(
     sets: tuple[str, ...],
     plan_only: bool,
     output: str | None,
+    fit: str | None,
+    apply: str | None,
     force: bool,
     workers: int,
     as_json: bool,
@@ -69,10 +89,20 @@ def combine_command(
     GRAPH is a graph.yaml path or the name of a shipped graph (`ee graphs`). Every node
     writes a prediction named by its id on the fit and apply splits. Nodes whose inputs,
     params and combiner are unchanged since the last run are not recomputed.
+
+    \b
+    On a store with a held-out split (`ee store init --holdout`), fuse on it (a graph
+    that fits on another split is refused there unless --fit names it):
+      ee combine vipriors2021 --fit holdout     # fit: holdout, apply: [holdout, test]
     """
     spec = load_graph(graph, parse_set_option(sets))
     path = store_path or spec.store or DEFAULT_STORE
-    the_plan = plan(spec, open_store(path, "r"), output=output)
+    reading = open_store(path, "r")
+    if fit is not None or apply is not None:
+        override_splits(spec, reading, fit, apply)
+    else:
+        check_holdout_fit(spec, reading)
+    the_plan = plan(spec, reading, output=output)
     if the_plan.left_out:
         click.echo(
             f"left out (not read by {the_plan.output}): {_short(the_plan.left_out, 8)}", err=True
@@ -85,6 +115,43 @@ def combine_command(
     store = open_store(path, "a")
     results = execute(the_plan, store, force=force, console=Console(stderr=True), workers=workers)
     _print_results(the_plan, results, as_json)
+
+
+def override_splits(
+    spec: GraphSpec, store: PredictionStore, fit: str | None, apply: str | None
+) -> None:
+    """``--fit``/``--apply`` in place of the graph's ``fit:``/``apply:``; a split the store
+    lacks is refused here, naming the option rather than the graph file's line."""
+    new_apply = (
+        split_list(apply, str, "--apply")
+        if apply is not None
+        else [fit if s == spec.fit else s for s in spec.apply]
+    )
+    known = store.split_names()
+    for option, names in (("--fit", [fit] if fit else []), ("--apply", new_apply)):
+        missing = [n for n in names if n not in known]
+        if missing:
+            hint = " --holdout 0.2" if missing[0] == HOLDOUT_SPLIT else ""
+            raise StoreError(
+                f"{option} {missing[0]}: store {store.path} has no split {missing[0]!r} "
+                f"(splits: {', '.join(known) or 'none'}); register it with `ee store init "
+                f"{store.path} --data DIR{hint}`, or name another split"
+            )
+    spec.fit = fit or spec.fit
+    spec.apply = list(dict.fromkeys(new_apply))
+
+
+def check_holdout_fit(spec: GraphSpec, store: PredictionStore) -> None:
+    """A store with a held-out split has its models trained on val: a graph that fits on val
+    there is refused, naming ``--fit`` (nothing is switched behind the user's back)."""
+    record = store.holdout_record()
+    if record is not None and spec.fit != record.split:
+        raise GraphError(
+            f"{spec.source} fits on {spec.fit!r}, but store {store.path} holds the held-out "
+            f"split {record.split!r} that its producers validate on (they trained on "
+            f"{'+'.join(record.sources)}): add --fit {record.split}, or --fit {spec.fit} to fit "
+            f"on {spec.fit} all the same"
+        )
 
 
 @click.command("graphs")

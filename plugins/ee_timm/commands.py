@@ -24,6 +24,7 @@ def recipes_command(as_json: bool) -> None:
     from ensemble_engine.plugins import get_host
 
     from .backbones import BACKBONE_ALIASES
+    from .data_profile import PROFILE_RULE
     from .recipe import PROFILE_NOTES, PROFILES
     from .recipe_spec import SEED_SOURCES, profile_values
 
@@ -36,7 +37,7 @@ def recipes_command(as_json: bool) -> None:
         payload = {
             "backbones": BACKBONE_ALIASES, "losses": losses, "defaults": PROFILE_NOTES,
             "profiles": {name: profile_values(name) for name in PROFILES},
-            "sources": SEED_SOURCES,
+            "sources": SEED_SOURCES, "profile_rule": PROFILE_RULE,
         }  # fmt: skip
         click.echo(json.dumps(payload, indent=2))
         return
@@ -51,7 +52,7 @@ def recipes_command(as_json: bool) -> None:
     for loss in losses:
         loss_table.add_row(loss["name"], ", ".join(loss["aliases"]), loss["plugin"],
                            loss["description"])  # fmt: skip
-    profiles = Table("defaults", "values", title="defaults profiles")
+    profiles = Table("defaults", "values", title="defaults profiles", caption=PROFILE_RULE)
     for profile, note in PROFILE_NOTES.items():
         profiles.add_row(profile, note)
     values = Table("value", *PROFILES, "imagenet value from", title="profile values")
@@ -86,7 +87,11 @@ def _shown(value: object) -> str:
     help="How views merge: mean_logits, mean_probs or gmean. Default: the recipe's.",
 )
 @click.option("--keep-views", is_flag=True, help="Also store each view's own logits.")
-@click.option("--splits", metavar="SPLIT,...", help="Splits to predict. Default: all but train.")
+@click.option(
+    "--splits",
+    metavar="SPLIT,...",
+    help="Splits to predict. Default: all but train (and but val on a store with a holdout).",
+)
 @click.option(
     "--name",
     help="Prediction name before -s<size>. Default: [cov-]<backbone>-<loss>[-seed<N>].",
@@ -125,9 +130,10 @@ def predict_command(
     from rich.console import Console
 
     from ensemble_engine.data import open_dataset, register_splits
+    from ensemble_engine.holdout import with_store_holdout
     from ensemble_engine.store import open_store
 
-    from .prediction import load_run, predict_run
+    from .prediction import check_run_holdout, load_run, predict_run
     from .recipe import check_buildable
 
     trained = load_run(run)
@@ -138,8 +144,9 @@ def predict_command(
     }  # fmt: skip
     recipe = trained.recipe.replace(**{k: v for k, v in changes.items() if v is not None})
     check_buildable(recipe)
-    source = open_dataset(data_dir)
     st = open_store(store, "a")
+    source = with_store_holdout(open_dataset(data_dir), st)  # predicts the store's holdout too
+    check_run_holdout(trained, source)  # before the splits are registered
     register_splits(st, source)
     ids = predict_run(
         trained, source, st, recipe=recipe,

@@ -7,6 +7,8 @@ What is predicted, and why:
   loaded with ``torch.load(weights_only=True)``, which runs no pickled code.
 - **Every split but train**: train images were fitted, so their scores say little and would
   mislead a fusion graph's weights; val (the graph's fit split) and test are what fusion needs.
+  On a store with a held-out split (``ee store init --holdout``) the run trained on train and
+  val, so it predicts neither: ``holdout`` (the graph's fit split then) and test.
 - At each of the recipe's ``test_sizes`` with its ``tta`` views merged by ``merge``, resized as
   in training's validation (timm's resize by ``crop_pct`` then centre crop, bilinear, ImageNet
   normalisation), so the identity view at the training size reproduces the run's val top-1.
@@ -20,6 +22,7 @@ side by side. The producer facts (``backbone``, ``loss``, ``seed``, ``recipe``, 
 
 from __future__ import annotations
 
+import json
 import pickle
 import struct
 import warnings
@@ -30,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from ensemble_engine.data import DatasetSource
 from ensemble_engine.errors import DataError, RecipeError, StoreError
+from ensemble_engine.holdout import HoldoutSource, trained_splits
 
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from .recipe import FIELD_NAMES, PRODUCER_NAME, Recipe
@@ -45,7 +49,7 @@ if TYPE_CHECKING:
     from .distributed import TorchGroup
 
 BEST = "best.pth"
-TRAIN_SPLIT = "train"
+RUN_HOLDOUT = "holdout.json"  # the store's held-out split a run was trained around
 PLUGIN = "ee_timm"
 
 
@@ -114,10 +118,11 @@ def base_name(recipe: Recipe) -> str:
 
 
 def prediction_splits(source: DatasetSource, requested: Sequence[str] | None = None) -> list[str]:
-    """The splits to predict: ``requested``, or every split of the data except train."""
+    """The splits to predict: ``requested``, or every split of the data except those trained on
+    (train; train and val under a store's held-out split)."""
     known = source.split_names()
     if requested is None:
-        return [s for s in known if s != TRAIN_SPLIT]
+        return [s for s in known if s not in trained_splits(source)]
     missing = [s for s in requested if s not in known]
     if missing:
         raise DataError(
@@ -150,6 +155,39 @@ def check_names_free(
             f"prediction {taken[0]}{more} already in {store.path}; pass --force to replace, "
             "or --name to choose another name"
         )
+
+
+def write_run_holdout(run_dir: Path, source: DatasetSource) -> None:
+    """Record in ``run_dir`` the store's held-out split the run trains around, so that a later
+    ``ee predict`` can tell whether a store's splits hold rows the run trained on."""
+    if isinstance(source, HoldoutSource) and not (run_dir / RUN_HOLDOUT).exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / RUN_HOLDOUT).write_text(json.dumps(source.record.to_attrs()) + "\n")
+
+
+def check_run_holdout(run: TrainedRun, source: DatasetSource) -> None:
+    """``DataError`` unless ``run`` was trained around the held-out split of the store that
+    ``source`` carries (none for none): otherwise a predicted split holds rows it trained on."""
+    path = run.checkpoint.parent / RUN_HOLDOUT
+    try:
+        trained = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        trained = "unreadable"
+    store = source.record.to_attrs() if isinstance(source, HoldoutSource) else None
+    if trained == store:
+        return
+    if store is None:
+        raise DataError(
+            f"run {run.run_id} trained on train+val minus a store's held-out split ({path}), and "
+            "this store has none: its val predictions would score images it trained on; "
+            "predict into the store it was trained for"
+        )
+    what = "on train, validated on val" if trained is None else f"around another holdout {path}"
+    raise DataError(
+        f"run {run.run_id} was trained {what}, and this store's split {source.record.split!r} "
+        f"({source.record.describe()}) holds rows it trained on: predict into another store, "
+        "or train a run on this store with `ee produce`"
+    )
 
 
 def check_test_sizes(recipe: Recipe) -> None:
@@ -244,6 +282,7 @@ def predict_run(
 
     recipe = recipe or run.recipe
     classes = check_classes(run, source)
+    check_run_holdout(run, source)
     splits = prediction_splits(source, splits)
     name = name or base_name(recipe)
     if not replace:

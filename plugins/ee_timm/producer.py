@@ -20,8 +20,9 @@ from rich.table import Table
 
 from ensemble_engine.data import DatasetSource, Sample, open_dataset, register_splits
 from ensemble_engine.errors import DataError, RecipeError, StoreError
+from ensemble_engine.holdout import HoldoutSource, holdout_split, with_store_holdout
 from ensemble_engine.locks import StoreLock
-from ensemble_engine.producer import Producer, ProduceRequest
+from ensemble_engine.producer import Producer, ProduceRequest, StoreOnFirstUse
 from ensemble_engine.shards import on_rank0
 from ensemble_engine.store import PredictionStore, check_name, open_store
 
@@ -35,6 +36,7 @@ from .prediction import (
     load_run,
     predict_run,
     prediction_splits,
+    write_run_holdout,
 )
 from .recipe import PROFILE_NOTES, Recipe, resolve_recipe
 from .specialist import (
@@ -53,13 +55,21 @@ VAL_SPLIT = "val"
 
 
 def training_samples(source: DatasetSource, recipe: Recipe) -> tuple[list[Sample], list[Sample]]:
-    """``(train, val)``: the train split, validated on the val split or on a hold-out of train."""
+    """``(train, val)``: the train split, validated on the val split or on a hold-out of train;
+    on a store with a held-out split (a ``HoldoutSource``), train+val minus it, validated on it.
+    """
+    if isinstance(source, HoldoutSource):
+        if recipe.holdout > 0:
+            raise RecipeError(
+                f"the store holds a held-out split ({source.record.describe()}) to validate "
+                f"and fuse on, and the recipe sets holdout {recipe.holdout:g} as well: drop "
+                "--holdout (or holdout: from the recipe), or use a store without a holdout"
+            )
+        return source.training_samples()
     if TRAIN_SPLIT not in source.split_names():
         raise DataError(f"{source.root} has no train split; add train/<class>/ folders")
     samples = source.samples(TRAIN_SPLIT)
     if recipe.holdout > 0:
-        from ee_data import holdout_split
-
         return holdout_split(samples, recipe.holdout, recipe.seed)
     if VAL_SPLIT not in source.split_names():
         raise RecipeError(
@@ -94,6 +104,27 @@ def request_recipe(request: ProduceRequest) -> Recipe:
     if request.subset is not None:
         overrides["subset"] = [str(c) for c in request.subset]
     return resolve_recipe(request.recipe, overrides, defaults=profile)
+
+
+def data_source(request: ProduceRequest) -> DatasetSource:
+    """The request's data, every split scanned (damaged images are skipped now, not met in
+    training), with the store's held-out split where the store records one; a store not
+    created yet is not created here (it has no holdout)."""
+    source = open_dataset(request.data_dir)
+    for split in source.split_names():
+        source.samples(split)
+    if isinstance(request.store, StoreOnFirstUse):
+        return source
+    return with_store_holdout(source, request.store)
+
+
+def holdout_line(source: HoldoutSource) -> str:
+    """What a run on a store with a held-out split trains and validates on, in one line."""
+    record, held = source.record, source.training_samples()[1]
+    return (
+        f"training on {'+'.join(record.sources)} minus the store's {record.split} split "
+        f"({len(held)} images), validating on {record.split}"
+    )
 
 
 def predictions_table(store: PredictionStore, ids: list[str]) -> Table:
@@ -140,6 +171,7 @@ class TimmProducer(Producer):
                 self.prepare_store(request, recipe, source, run_id)
                 run_lock.acquire()
                 held.callback(run_lock.release)
+                write_run_holdout(run_lock.run_dir, source)
 
             on_rank0(group, prepare)
             if group is not None:
@@ -154,6 +186,8 @@ class TimmProducer(Producer):
                 f"data: {source.root} ({what}{len(classes)} classes, {len(train_samples)} train, "
                 f"{len(val_samples)} val images{ranks})"
             )
+            if isinstance(source, HoldoutSource):
+                console.print(holdout_line(source), soft_wrap=True)
             run_dir = Path(request.runs_dir) / run_id
             try:
                 result = train(
@@ -194,7 +228,7 @@ class TimmProducer(Producer):
         calls this with its ``group``; rank 0 alone prints."""
         shown = group is None or group.rank == 0
         console = (request.console or Console(stderr=True)) if shown else None
-        source = source or open_dataset(request.data_dir)
+        source = source or data_source(request)
         splits = prediction_splits(source)
         if not splits:
             if console is not None:
@@ -240,9 +274,7 @@ def checked_request(
     the backend and that the store is one every rank reaches. Raises the first problem.
     ``recipe``: the request's, when the caller has resolved it already."""
     recipe = recipe or request_recipe(request)
-    source = open_dataset(request.data_dir)
-    for split in source.split_names():  # damaged images are skipped now, not met in training
-        source.samples(split)
+    source = data_source(request)
     check_test_sizes(recipe)
     train_samples, val_samples, classes = training_data(source, recipe)
     device = rank_device(resolve_device(recipe.device), launch)
