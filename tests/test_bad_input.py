@@ -1045,6 +1045,129 @@ CASES += [
 ]
 
 
+# --- issue 16, item 3: the store's held-out fusion split (ee store init --holdout) -----------
+
+
+def holdout_store(fraction: float = 0.5) -> Setup:
+    """``data/`` (GOOD_TREE: a 3, b 3, c 2 in train+val) in ``h.zarr`` with a holdout split."""
+
+    def apply(root: Path) -> None:
+        from ensemble_engine.data import open_dataset, register_splits
+        from ensemble_engine.holdout import HoldoutRecord, HoldoutSource
+
+        GOOD_TREE(root)
+        record = HoldoutRecord(fraction)
+        st = open_store(root / "h.zarr", "w")
+        register_splits(st, HoldoutSource(open_dataset(root / "data"), record))
+        st.set_holdout(record)
+
+    return apply
+
+
+HOLDOUT_INIT = ("store", "init", "{root}/new.zarr", "--data", "{root}/data", "--holdout")
+ON_HOLDOUT = ("store", "init", "{root}/h.zarr", "--data", "{root}/data", "--holdout")
+HOLDOUT_HELP = "(see `ee store init --help`)"
+
+CASES += [
+    Case(
+        "store init --holdout: 0",
+        (*HOLDOUT_INIT, "0"),
+        "Invalid value for '--holdout': 0.0 is not in the range 0<x<1",
+        HOLDOUT_HELP,
+        GOOD_TREE,
+    ),
+    Case(
+        "store init --holdout: 1.5",
+        (*HOLDOUT_INIT, "1.5"),
+        "Invalid value for '--holdout': 1.5 is not in the range 0<x<1",
+        HOLDOUT_HELP,
+        GOOD_TREE,
+    ),
+    Case(
+        "store init --holdout: not a number",
+        (*HOLDOUT_INIT, "a fifth"),
+        "'a fifth' is not a valid float",
+        HOLDOUT_HELP,
+        GOOD_TREE,
+    ),
+    Case(
+        "store init --holdout-seed: negative",
+        (*HOLDOUT_INIT, "0.5", "--holdout-seed", "-1"),
+        "Invalid value for '--holdout-seed': -1 is not in the range x>=0",
+        HOLDOUT_HELP,
+        GOOD_TREE,
+    ),
+    Case(
+        "store init --holdout-seed without --holdout",
+        ("store", "init", "{root}/new.zarr", "--data", "{root}/data", "--holdout-seed", "3"),
+        "--holdout-seed needs --holdout FRACTION",
+        HOLDOUT_HELP,
+        GOOD_TREE,
+    ),
+    Case(
+        "store init --holdout: data without val",
+        (*HOLDOUT_INIT, "0.5"),
+        "has no val split to draw the held-out fusion split from",
+        "add val/<class>/ folders",
+        images(train__a=2, train__b=2, train__c=2),
+    ),
+    Case(
+        "store init --holdout: a class with one image in train+val",
+        (*HOLDOUT_INIT, "0.5"),
+        "class(es) [0] have a single sample",
+        "add samples to them",
+        images(train__a=1, train__b=2, train__c=2, val__b=1),
+    ),
+    Case(
+        "store init --holdout: the data has a split folder named holdout",
+        (*HOLDOUT_INIT, "0.5"),
+        "has a split folder named 'holdout'",
+        "rename the folder",
+        both(GOOD_TREE, images(holdout__a=1)),
+    ),
+    Case(
+        "store init --holdout: the store holds a holdout of another fraction",
+        (*ON_HOLDOUT, "0.2"),
+        "drawn with fraction 0.5, seed 0, not fraction 0.2, seed 0",
+        "give --holdout 0.5 --holdout-seed 0, or use another store",
+        holdout_store(),
+    ),
+    Case(
+        "store init --holdout: the store holds a holdout of another seed",
+        (*ON_HOLDOUT, "0.5", "--holdout-seed", "1"),
+        "drawn with fraction 0.5, seed 0, not fraction 0.5, seed 1",
+        "give --holdout 0.5 --holdout-seed 0, or use another store",
+        holdout_store(),
+    ),
+    Case(
+        "store init: a damaged holdout record",
+        ("store", "init", "{store}", "--data", "{root}/data"),
+        "the root's holdout record is damaged: holdout is not a mapping",
+        "see `ee validate STORE`, then re-create the store",
+        both(GOOD_TREE, attrs(".", holdout={"split": "holdout", "fraction": 0.5})),
+    ),
+    Case(
+        "combine: a graph fitting on val on a store with a holdout",
+        ("combine", "vipriors2021", "--store", "{root}/h.zarr"),
+        "vipriors2021.yaml fits on 'val', but store",
+        "add --fit holdout, or --fit val to fit on val all the same",
+        holdout_store(),
+    ),
+    Case(
+        "combine --fit: a split the store lacks",
+        ("combine", "vipriors2021", "--store", "{store}", "--fit", "holdout"),
+        "--fit holdout: store",
+        "register it with `ee store init",
+    ),
+    Case(
+        "combine --apply: no split",
+        ("combine", "vipriors2021", "--store", "{store}", "--apply", ","),
+        "give at least one value",
+        "(see `ee combine --help`)",
+    ),
+]
+
+
 def test_damaged_images_are_found_before_produce_writes_and_splits_re_register(tmp_path, run_cli):
     """A truncated PNG (header fine, pixels cut) failed ``ee produce`` mid-training, after it
     had created the store, registered the splits and made the run folder; after the fix the

@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import small_digits
+from helpers import small_digits, snapshot
 
 from ensemble_engine.data import open_dataset
 from ensemble_engine.errors import DataError, RecipeError, StoreError
@@ -174,6 +174,23 @@ def test_recipe_holdout_on_a_holdout_store_is_refused(tmp_path, data, run_cli):
         checked_request(req, None)
 
 
+def test_produce_with_recipe_holdout_on_a_holdout_store_writes_nothing(tmp_path, data, run_cli):
+    store, runs = tmp_path / "s.zarr", tmp_path / "runs"
+    init(run_cli, store, data, "--holdout", "0.2")
+    before = snapshot(tmp_path)
+    res = run_cli(
+        "produce", "resnet10t-ce", "--data", data, "--store", store, "--runs-dir", runs, *FAST,
+        "--holdout", "0.1",
+    )  # fmt: skip
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert res.stderr.splitlines()[-1] == (
+        "Error: the store holds a held-out split (fraction 0.2, seed 0) to validate and fuse on, "
+        "and the recipe sets holdout 0.1 as well: drop --holdout (or holdout: from the recipe), "
+        "or use a store without a holdout"
+    )
+    assert snapshot(tmp_path) == before
+
+
 def test_data_without_val_is_refused_for_a_holdout(tmp_path, data):
     only_train = open_dataset(data / "train")  # plain ImageFolder: one split, train
     with pytest.raises(DataError, match="has no val split to draw the held-out fusion split"):
@@ -196,7 +213,8 @@ def test_holdout_pipeline_end_to_end(tmp_path, data, run_cli, monkeypatch):
 
     monkeypatch.setattr(producer, "train", spy)
     for recipe in ("resnet10t-ce", "resnet10t-taylor"):
-        res = run_cli("produce", recipe, "--data", data, "--store", store, "--runs-dir", runs, *FAST)
+        args = ("--data", data, "--store", store, "--runs-dir", runs, *FAST)
+        res = run_cli("produce", recipe, *args)
         assert res.exit_code == 0, res.output
         line = "training on train+val minus the store's holdout split (30 images), validating on"
         assert f"{line} holdout\n" in res.stderr, res.stderr
