@@ -527,6 +527,22 @@ def test_with_features_is_one_forward_of_the_model(monkeypatch):
     assert torch.isfinite(loss.class_weights).all()
 
 
+@pytest.mark.parametrize(
+    "backbone", ["test_efficientnet", "test_vit", "mobilenetv3_small_050", "regnetx_002"]
+)
+def test_with_features_logits_are_the_models_for_other_heads(backbone):
+    from ee_timm.builders import WithFeatures
+
+    torch.manual_seed(0)
+    model = build_model(resolve_recipe(f"{backbone}-ce", defaults="digits"), 10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        logits, features = WithFeatures(model)(x)
+        torch.testing.assert_close(logits, model(x), rtol=0, atol=1e-6)
+    # the classifier's input: timm's head_hidden_size (mobilenetv3: 1024 after its conv head)
+    assert features.shape == (2, model.head_hidden_size) == (2, model.get_classifier().in_features)
+
+
 def test_dsb_focal_run_ends_with_the_weights_of_its_pools(run_cli, tiny_digits, tmp_path):
     result = run_cli(
         "produce", "resnet10t-dsb_focal", "--data", tiny_digits.root, "--store",
