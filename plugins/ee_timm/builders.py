@@ -47,8 +47,10 @@ class WithFeatures(nn.Module):
 
     ``features`` are the penultimate (pre-logit) features: timm's ``forward_features`` then
     ``forward_head(..., pre_logits=True)``, and the logits are the classifier applied to them,
-    the same operations as ``model(x)``. Wrapped in DistributedDataParallel it syncs gradients
-    as the model would; the model itself is what the run saves.
+    the same operations as ``model(x)`` (tested for ResNet, EfficientNet, ViT, MobileNetV3 and
+    RegNet heads; a head that drops out *after* its pre-logits, as MobileNetV3's, would skip
+    that dropout, which the recipes leave at timm's default of 0). Wrapped in
+    DistributedDataParallel it syncs gradients as the model would; the run saves the model.
     """
 
     def __init__(self, model: nn.Module) -> None:
