@@ -83,3 +83,19 @@ class Producer(ABC):
         Optional: the default checks nothing, and ``produce`` must check again in any case
         (``torchrun`` may start it directly). It must not write to the store.
         """
+
+    def plan(self, request: ProduceRequest) -> dict[str, Any]:
+        """What ``produce(request)`` would do, without doing it (``ee produce RECIPE --plan``).
+
+        Optional: a producer without it is refused ``--plan`` in one line. It runs the checks
+        ``produce`` starts with (a request ``produce`` would refuse is refused, ``EEError``), and
+        trains nothing, writes nothing, and creates no run folder and no store (``request.store``
+        may be a ``StoreOnFirstUse``: read ``.path`` only). It returns JSON-able values:
+
+        - ``recipe``: field → resolved value; ``sources``: field → where the value came from
+          (e.g. ``recipe file r.yaml``, ``profile digits``, ``default``, ``command line --lr``);
+        - ``run_id``: the run it would start or resume; ``predictions``: the ids it would
+          write, ``<name>/<split>``; ``notes``: lines to show first (optional);
+        - any other key the producer finds useful (shown as it comes).
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no plan()")

@@ -1045,6 +1045,41 @@ CASES += [
 ]
 
 
+# --- issue 16, item 6: ee produce --plan runs a run's checks and refuses what a run refuses ---
+
+PLAN = ("produce", "resnet10t-ce", "--data", "{root}/data", "--runs-dir", "{root}/runs", "--plan")
+
+CASES += [
+    Case(
+        "produce --plan: --resume of a run that does not exist",
+        (*PLAN, "--store", "{root}/new.zarr", "--resume"),
+        "no run to resume in",
+        "drop --resume to start it",
+        GOOD_TREE,
+    ),
+    Case(
+        "produce --plan: data whose splits differ from the store's",
+        (*PLAN, "--store", "{store}"),
+        "split 'val' in",
+        "use another store for this data",
+        GOOD_TREE,
+    ),
+    Case(
+        "produce --plan: an unknown defaults profile",
+        (*PLAN, "--store", "{root}/new.zarr", "--set", "defaults=tiny"),
+        "unknown defaults profile 'tiny'",
+        "use one of imagenet, digits",
+        GOOD_TREE,
+    ),
+    Case(
+        "produce: --json without --plan",
+        ("produce", "resnet10t-ce", "--store", "{root}/new.zarr", "--json"),
+        "--json goes with --plan",
+        "ee produce RECIPE --plan --json",
+    ),
+]
+
+
 # --- issue 16, item 3: the store's held-out fusion split (ee store init --holdout) -----------
 
 

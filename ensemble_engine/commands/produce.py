@@ -23,9 +23,9 @@ import click
 import yaml
 from click.core import ParameterSource
 
-from ..errors import DataError, RecipeError
+from ..errors import DataError, PluginError, RecipeError
 from ..plugins import get_host
-from ..producer import ProduceRequest
+from ..producer import Producer, ProduceRequest
 from ..strict_yaml import load_yaml
 from .launch import (
     BACKEND_ENV,
@@ -33,6 +33,7 @@ from .launch import (
     open_store_for_producer,
     under_torchrun,
 )
+from .produce_plan import echo_plan
 
 DEFAULT_PRODUCER = "timm"
 RECIPE_SUFFIXES = (".yaml", ".yml")
@@ -161,6 +162,19 @@ def producer_for(recipe: str) -> str:
 )
 @click.option("--force", is_flag=True, help="Replace existing predictions of the same names.")
 @click.option("--resume", is_flag=True, help="Continue the run from its last.pth.")
+@click.option(
+    "--plan",
+    is_flag=True,
+    help="Show what would be done (the resolved recipe, each value's origin, the run id, the "
+    "predictions it would write) after the checks a run starts with; train and write nothing.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='With --plan: print it as JSON, {"recipe": {field: value}, "sources": {field: origin}, '
+    '"run_id": ID, "predictions": [NAME/SPLIT, ...], "notes": [line, ...], ...}.',
+)
 @click.option("--epochs", type=click.IntRange(min=1), help="Training epochs.")
 @click.option(
     "--batch-size",
@@ -227,8 +241,9 @@ def producer_for(recipe: str) -> str:
 @click.pass_context
 def produce_command(ctx: click.Context, recipe: str, data_dir: Path | None, store: str,
                     runs_dir: Path, run_id: str | None, name: str | None, force: bool,
-                    resume: bool, subset: Path | None, nproc: int | None,
-                    dist_backend: str | None, **options: Any) -> None:  # fmt: skip
+                    resume: bool, plan: bool, as_json: bool, subset: Path | None,
+                    nproc: int | None, dist_backend: str | None,
+                    **options: Any) -> None:  # fmt: skip
     """Train RECIPE and write its predictions into the store.
 
     RECIPE is <backbone>-<loss> (resnet18-taylor, resnest101-ce: see `ee recipes`), a YAML
@@ -244,6 +259,11 @@ def produce_command(ctx: click.Context, recipe: str, data_dir: Path | None, stor
     With --subset the run is a specialist: the listed classes plus one __other__ class; its
     predictions are named cov-<backbone>-<loss>-s<size>.
 
+    With --plan nothing is trained and nothing is written (no run folder, no store, no
+    splits): the command runs the checks a run starts with and prints the resolved recipe (each
+    value with its origin: recipe name, recipe file PATH, profile NAME, default, command line
+    --OPTION, or how it was derived), the run id and the predictions the run would write.
+
     \b
     Examples:
       ee produce resnet10t-ce --epochs 5
@@ -253,12 +273,17 @@ def produce_command(ctx: click.Context, recipe: str, data_dir: Path | None, stor
       ee weak-classes ee.zarr resnet18-ce-s46 -o weak.txt
       ee produce resnet18-ce --subset weak.txt --subset-per-class 500
       ee produce resnet18-ce --nproc 4           4 GPUs (or CPU processes), one machine
+      ee produce resnet18-ls --data ./vipriors --plan --json
     """
     from rich.console import Console
 
     overrides = explicit_overrides(ctx, options)
     if subset is None and any(k in overrides for k in _SUBSET_OPTIONS):
         raise click.UsageError("--subset-per-class and --other-per-class need --subset FILE")
+    if as_json and not plan:
+        raise click.UsageError("--json goes with --plan (ee produce RECIPE --plan --json)")
+    if plan and under_torchrun():
+        raise click.UsageError("--plan trains nothing: run it without torchrun")
     if nproc is not None and under_torchrun():
         raise click.UsageError("--nproc starts torchrun itself; leave it out under torchrun")
     if dist_backend is not None and not (under_torchrun() or (nproc or 1) > 1):
@@ -282,6 +307,14 @@ def produce_command(ctx: click.Context, recipe: str, data_dir: Path | None, stor
         name=name,
         force=force,
     )
+    if plan:
+        if getattr(type(producer), "plan", Producer.plan) is Producer.plan:
+            raise PluginError(
+                f"producer {producer_name!r} cannot show a plan (it has no plan()); run "
+                "without --plan"
+            )
+        echo_plan(recipe, producer_name, producer.plan(request), as_json)
+        return
     if nproc is not None and nproc > 1:
         producer.check(request)  # a bad recipe or data folder fails here, before any launch
         ctx.exit(launch_torchrun(ctx, nproc, dist_backend))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -38,7 +38,8 @@ from .prediction import (
     prediction_splits,
     write_run_holdout,
 )
-from .recipe import PROFILE_NOTES, Recipe, resolve_recipe
+from .data_profile import resolve_request
+from .recipe import PROFILE_NOTES, Recipe
 from .specialist import (
     check_subset,
     map_to_subset,
@@ -97,13 +98,9 @@ def training_data(
 
 
 def request_recipe(request: ProduceRequest) -> Recipe:
-    """The request's recipe: its name or file, the profile that fits the data, the overrides,
-    and the subset of a specialist run."""
-    profile = "digits" if request.data_dir is None else "imagenet"
-    overrides = dict(request.overrides)
-    if request.subset is not None:
-        overrides["subset"] = [str(c) for c in request.subset]
-    return resolve_recipe(request.recipe, overrides, defaults=profile)
+    """The request's recipe: its name or file, the profile that fits the data (see
+    ``data_profile``), the overrides, and the subset of a specialist run."""
+    return resolve_request(request).recipe
 
 
 def data_source(request: ProduceRequest) -> DatasetSource:
@@ -151,13 +148,21 @@ class TimmProducer(Producer):
         """The checks ``produce`` starts with, in the process that launches the ranks."""
         checked_request(request, None, launching=True)
 
+    def plan(self, request: ProduceRequest) -> dict[str, Any]:
+        """What ``produce`` would do, found by its own checks; trains and writes nothing."""
+        from .plan import plan_request
+
+        return plan_request(request)
+
     def produce(self, request: ProduceRequest) -> list[str]:
         launch = Launch.from_env()
         console = request.console or Console(stderr=True)
         if launch is not None and launch.rank > 0:
             console = Console(stderr=True, quiet=True)
-        recipe = request_recipe(request)
+        resolved = resolve_request(request)
+        recipe = resolved.recipe
         console.print(f"[bold]{recipe.name}[/bold]: {PROFILE_NOTES[recipe.defaults]}")
+        console.print(resolved.defaults_line, markup=False)
         if request.overrides:
             given = ", ".join(f"{k}={v}" for k, v in sorted(request.overrides.items()))
             console.print(f"explicit options: {given}")

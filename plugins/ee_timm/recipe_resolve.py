@@ -27,6 +27,7 @@ from .recipe_spec import (
     NAME_FIELDS,
     NOISE_ON,
     PRODUCER_NAME,
+    PROFILE_VALUES,
     PROFILES,
     REFERENCE_SIZE,
     REFERENCE_TEST_SIZES,
@@ -41,6 +42,9 @@ OVERRIDE_KEYS = (
     "device", "workers", "amp", "ema", "loss_params", "test_sizes", "tta", "init", "holdout", "set",
     "subset", "subset_per_class", "other_per_class",
 )  # fmt: skip
+# Overrides whose option is not ``--<key>``; switches show as ``--<key>`` or ``--no-<key>``.
+_OPTION_NAMES = {"loss_params": "--loss-param", "subset": "--subset FILE"}
+_SWITCHES = ("vflip", "noise", "amp", "ema")
 # What timm's augmentation parsers raise for a policy string they cannot read.
 _POLICY_ERRORS = (ValueError, KeyError, AssertionError, IndexError, TypeError)
 
@@ -157,28 +161,78 @@ def resolve_recipe(
     unless given, keep the seed's ratios to the training size (224 → 224, 320, 380; 32 → 32,
     46, 54).
     """
+    return resolve_with_sources(spec, overrides, defaults=defaults)[0]
+
+
+def resolve_with_sources(
+    spec: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    defaults: str = "imagenet",
+    defaults_source: str = "default",
+) -> tuple[Recipe, dict[str, str]]:
+    """``resolve_recipe``, and where each field's value came from (field → origin): ``recipe
+    name``, ``recipe file PATH``, ``profile NAME``, ``default`` (the ``Recipe`` field's own),
+    ``command line --OPTION``, or how it was derived (``img_size``, ``test_sizes``). The
+    ``defaults`` field's origin is ``defaults_source`` unless the file or ``--set`` names it."""
     overrides = overrides or {}
     if is_recipe_file(spec):
-        given = load_recipe_file(spec)
+        given, given_from = load_recipe_file(spec), f"recipe file {spec}"
     else:
         given = dict(zip(NAME_FIELDS, parse_recipe_name(str(spec)), strict=True))
-    profile = given.pop("defaults", defaults)
-    profile = coerce("set", overrides.get("set") or {}, dict).get("defaults", profile)
+        given_from = "recipe name"
+    profile, profile_from = defaults, defaults_source
+    if "defaults" in given:
+        profile, profile_from = given.pop("defaults"), given_from
+    set_pairs = coerce("set", overrides.get("set") or {}, dict)
+    if "defaults" in set_pairs:
+        profile, profile_from = set_pairs["defaults"], "command line --set defaults"
     if not isinstance(profile, str) or profile not in PROFILES:
         raise RecipeError(f"unknown defaults profile {profile!r}; use one of {', '.join(PROFILES)}")
     values = {**PROFILES[profile], **given, "defaults": profile}
+    sources = {name: _default_source(name, given, given_from, profile) for name in FIELD_NAMES}
+    sources["defaults"] = profile_from
     values = apply_overrides(values, overrides)
+    sources.update(_override_sources(overrides, set_pairs))
     values["backbone"] = resolve_backbone(str(values["backbone"]))
     values["loss"] = resolve_loss(str(values["loss"]))
     low = min_input_size(values["backbone"])
     if low and "img_size" not in given and "img_size" not in _explicit_fields(overrides):
-        values["img_size"] = max(low, coerce("img_size", values.get("img_size", 0), int))
+        img = coerce("img_size", values.get("img_size", Recipe.img_size), int)
+        if low > img:
+            values["img_size"] = low
+            sources["img_size"] = f"the smallest input of {values['backbone']} ({low} px)"
     if "test_sizes" not in values:
         img = coerce("img_size", values.get("img_size", Recipe.img_size), int)
         values["test_sizes"] = [round(img * s / REFERENCE_SIZE) for s in REFERENCE_TEST_SIZES]
+        ratios = ":".join(map(str, REFERENCE_TEST_SIZES))
+        sources["test_sizes"] = f"img_size at the seed's ratios {ratios}"
     recipe = Recipe(**values)
     check_buildable(recipe)
-    return recipe
+    return recipe, sources
+
+
+def _default_source(name: str, given: Mapping[str, Any], given_from: str, profile: str) -> str:
+    if name in given:
+        return given_from
+    if name in PROFILES[profile] or name in PROFILE_VALUES:
+        return f"profile {profile}"
+    return "default"
+
+
+def _override_sources(overrides: Mapping[str, Any], set_pairs: Mapping[str, Any]) -> dict[str, str]:
+    """Field → ``command line --OPTION`` for each explicit override (``--set`` pairs by name)."""
+    out = {}
+    for key, value in overrides.items():
+        if key == "set":
+            out.update({name: f"command line --set {name}" for name in set_pairs})
+        elif key in _OPTION_NAMES:
+            out[key] = f"command line {_OPTION_NAMES[key]}"
+        elif isinstance(value, bool) and key in _SWITCHES:
+            out[key] = f"command line --{'' if value else 'no-'}{key}"
+        else:
+            out[key] = f"command line --{key.replace('_', '-')}"
+    return out
 
 
 def apply_overrides(values: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
