@@ -764,9 +764,10 @@ def test_producer_registers_splits_and_trains(tiny_digits, tmp_path):
     ids = [s.sample_id for s in tiny_digits.samples("val")]
     assert list(store.split("val").sample_ids) == ids
     saved = yaml.safe_load((tmp_path / "runs" / "mine" / "recipe.yaml").read_text())
-    # A folder gets the ImageNet profile: the seed's full augmentation at the size asked for.
+    # A folder of small images gets the small-image profile (chosen from the images' sizes,
+    # see ee_timm.data_profile), at the size asked for.
     assert (saved["defaults"], saved["aa"], saved["img_size"], saved["holdout"]) == (
-        "imagenet", "original", 32, 0.25,
+        "digits", None, 32, 0.25,
     )  # fmt: skip
 
 
