@@ -17,6 +17,8 @@ best of the repeats is reported.
 compared with np.load followed by ``astype(float32)``, the same result by numpy;
 ``read(dtype="stored")`` returns the stored float16, the same bytes np.load returns.
 Targets: read ≥ 0.7x, write ≥ 0.5x (store speed / numpy speed). The ratios are printed last.
+The store's side includes the CRC32C of every chunk, computed on write and verified on read
+(np.save/np.load check nothing).
 
 ``--layouts`` also times the layouts the store did not choose (schemas/README.md, "Container"):
 other chunk sizes on ee's direct path, and zarr's own path, plain and compressed, at several
