@@ -248,8 +248,10 @@ def produce_command(ctx: click.Context, recipe: str, data_dir: Path | None, stor
 
     RECIPE is <backbone>-<loss> (resnet18-taylor, resnest101-ce: see `ee recipes`), a YAML
     recipe file, or the name of a registered producer. Values you do not give come from the
-    recipe, then from defaults sized for the data (the embedded digits, or ImageNet-like
-    folders); the command prints which.
+    recipe, then from a defaults profile chosen from the data's images: digits (32 px) where
+    the median shorter side of up to 64 sampled images is below 64 px, and without --data,
+    else imagenet (the seed's, 224 px); --set defaults=NAME chooses. The command prints which
+    profile and why.
 
     After training, the best checkpoint predicts every split but train at each test size
     (default: 224,320,380 for 224-pixel training, the same ratios otherwise, e.g. 32,46,54)
@@ -262,7 +264,8 @@ def produce_command(ctx: click.Context, recipe: str, data_dir: Path | None, stor
     With --plan nothing is trained and nothing is written (no run folder, no store, no
     splits): the command runs the checks a run starts with and prints the resolved recipe (each
     value with its origin: recipe name, recipe file PATH, profile NAME, default, command line
-    --OPTION, or how it was derived), the run id and the predictions the run would write.
+    --OPTION, or how it was derived), the run id and the predictions the run would write
+    (--nproc starts no process).
 
     \b
     Examples:
