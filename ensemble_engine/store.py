@@ -181,11 +181,13 @@ class PredictionStore(StoreRoot):
         return staged if isinstance(self.group.get(staged), zarr.Group) else final_path(name, split)
 
     def delete(self, name: str, split: str) -> None:
-        if self._pred_group(name, split) is None:
-            raise StoreError(f"no prediction {name}/{split} to delete")
-        del self.group[f"predictions/{name}/{split}"]
-        if not list(self.group[f"predictions/{name}"].group_keys()):
-            del self.group[f"predictions/{name}"]
+        with self.lock(f"{name}--{split}"):
+            recover(self.group, name, split)  # a killed replace's copy must not come back later
+            if self._pred_group(name, split) is None:
+                raise StoreError(f"no prediction {name}/{split} to delete")
+            del self.group[final_path(name, split)]
+            if not list(self.group[f"predictions/{name}"].group_keys()):
+                del self.group[f"predictions/{name}"]
 
     # --- listing ----------------------------------------------------------------------------
 

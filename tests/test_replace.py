@@ -327,3 +327,14 @@ def test_workers_of_a_parallel_combine_write_into_the_staged_copy(tmp_path, run_
     np.testing.assert_array_equal(open_store(store, "r").read("soft", "val"), want)
     assert not any(p.name.startswith(".") for p in (store / "predictions/soft").iterdir())
     assert run_cli("validate", store, "--deep").exit_code == 0
+
+
+def test_delete_clears_a_killed_replace_so_it_never_comes_back(tmp_path):
+    store = tmp_path / "s.zarr"
+    make_store(store)
+    staged_copy(store, NEW, complete=True)
+    st = open_store(store, "a")
+    st.delete("m1", "val")
+    assert not (store / "predictions/m1").exists() and locks(store) == []
+    st.write_prediction("m1", "val", kind="logits", scores=np.zeros((N, K)))  # a fresh write
+    np.testing.assert_array_equal(st.read("m1", "val"), np.zeros((N, K), np.float32))
