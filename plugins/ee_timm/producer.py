@@ -28,6 +28,7 @@ from ensemble_engine.store import PredictionStore, check_name, open_store
 
 from .builders import resolve_device
 from .checkpoint import read_resumable
+from .data_profile import resolve_request
 from .distributed import Launch, TorchGroup, backend_for, process_group, rank_device
 from .prediction import (
     base_name,
@@ -38,7 +39,6 @@ from .prediction import (
     prediction_splits,
     write_run_holdout,
 )
-from .data_profile import resolve_request
 from .recipe import PROFILE_NOTES, Recipe
 from .specialist import (
     check_subset,
