@@ -24,6 +24,7 @@ a half-deleted one is never taken for complete.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -37,6 +38,9 @@ from zarr.storage import LocalStore
 
 STAGED, ASIDE = ".staged", ".aside"
 _JSON = "zarr.json"
+# Objects copied at once when rolling a replace forward on an object store (zarr's own default
+# concurrency): each is a request whose latency the others hide.
+_CONCURRENCY = 10
 
 
 def final_path(name: str, split: str) -> str:
@@ -168,14 +172,36 @@ async def _copy_into_place(store: Any, staged: str, final: str, doc: Any) -> Non
     hidden = default_buffer_prototype().buffer.from_bytes(json.dumps(meta).encode())
     await store.set(final + _JSON, hidden)  # from here on readers ignore the prediction
     new = {k.removeprefix(staged) for k in await _keys(store, staged)} - {_JSON}
-    for key in await _keys(store, final):
-        if key.removeprefix(final) not in new | {_JSON}:
-            await store.delete(key)  # the old version's objects the new one lacks
-    for rel in sorted(new):
-        data = await _get(store, staged + rel)
-        if data is not None:
-            await store.set(final + rel, data)
-    await store.set(final + _JSON, doc)  # complete: true, last
+    extra = [k for k in await _keys(store, final) if k.removeprefix(final) not in new | {_JSON}]
+    requests = asyncio.Semaphore(_CONCURRENCY)
+
+    async def drop(key: str) -> None:  # an object of the old version the new one lacks
+        async with requests:
+            with contextlib.suppress(FileNotFoundError):
+                await store.delete(key)
+
+    async def copy(rel: str) -> None:
+        async with requests:
+            data = await _get(store, staged + rel)
+            if data is not None:
+                await store.set(final + rel, data)
+
+    await _all([drop(k) for k in extra])
+    await _all([copy(rel) for rel in sorted(new)])
+    await store.set(final + _JSON, doc)  # complete: true, last, once every object is in place
+
+
+async def _all(coroutines: list) -> None:
+    """Run ``coroutines`` at once; on the first error cancel the rest before raising it, so no
+    request of this replace is still running when the next writer recovers it."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 async def _recover_remote(store: Any, staged: str, final: str) -> None:
