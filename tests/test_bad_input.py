@@ -1203,6 +1203,54 @@ CASES += [
 ]
 
 
+def unlink(rel: str) -> Setup:
+    return lambda root: (root / "s.zarr" / rel).unlink()
+
+
+def flip_a_bit(rel: str) -> Setup:
+    def apply(root: Path) -> None:
+        path = root / "s.zarr" / rel
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        path.write_bytes(bytes(data))
+
+    return apply
+
+
+# issue 18, items 1 and 4: a refused --force keeps the old version (the snapshot is byte for
+# byte), and a missing or corrupted chunk is refused on read instead of read as zeros
+CASES += [
+    Case(
+        "import --force: NaN scores keep the old prediction",
+        ("import", "{store}", "{root}/x.npy", "--split", "val", "--id", "m1", "--force"),
+        "1 rows hold NaN or Inf scores",
+        "nothing was written",
+        npy("x.npy", one_nan(12, 3)),
+    ),
+    Case(
+        "store: a missing chunk",
+        ("export", "{store}", "m1/test"),
+        "prediction m1/test is damaged: chunk c/0/0 of scores is missing",
+        "re-create it",
+        unlink("predictions/m1/test/scores/c/0/0"),
+    ),
+    Case(
+        "store: a chunk with one bit flipped",
+        ("export", "{store}", "m1/test"),
+        "prediction m1/test is damaged: chunk c/0/0 of scores fails its CRC32C checksum",
+        "re-create it",
+        flip_a_bit("predictions/m1/test/scores/c/0/0"),
+    ),
+    Case(
+        "store: a missing labels chunk",
+        ("export", "{store}", "lab/val"),
+        "prediction lab/val is damaged: chunk c/0 of label is missing",
+        "re-create it",
+        unlink("predictions/lab/val/label/c/0"),
+    ),
+]
+
+
 def test_damaged_images_are_found_before_produce_writes_and_splits_re_register(tmp_path, run_cli):
     """A truncated PNG (header fine, pixels cut) failed ``ee produce`` mid-training, after it
     had created the store, registered the splits and made the run folder; after the fix the
