@@ -136,7 +136,12 @@ def build_store(path: Path) -> dict:
             "policy": "validated",
             "specialists": {"run-a": ["cov-a"]},
             "covered": {"run-a": {"top1": float((final == y).mean())}},
-            "decisions": {"run-a": {"c1": {"accept": True}, "c2": {"accept": False}}},
+            "decisions": {
+                "run-a": {
+                    "c1": {"accept": True, "fixes": 3, "breaks": 1},
+                    "c2": {"accept": False, "fixes": 0, "breaks": 2},
+                }
+            },
         }
         st.write_prediction("final", split, kind="labels", labels=final, meta=meta)
         arrays[("final", split)] = final
@@ -342,7 +347,7 @@ def test_each_specialists_covered_top1_beside_the_base(built, page):
     assert row["covered top-1 val"] == f"{covered:.4f}"
     assert row["top-1 stage2"] == f"{base:.4f}"
     assert row["change"] == f"{covered - base:+.4f}"
-    assert row["policy validated"] == "accepted: c1"
+    assert row["policy validated"] == "accepted: c1 (offered 3 fixes, 3 breaks)"
 
 
 def test_error_agreement_is_correlation_of_errors(built):

@@ -79,7 +79,8 @@ def weak_confusion(data: ReportData, view: CoverageView) -> str | None:
 
 def specialists_table(data: ReportData, view: CoverageView) -> str | None:
     """Per specialist model: its inputs, its covered result's top-1 on the split (from the
-    node's state), the base's top-1, and the classes the validated policy accepted."""
+    node's state), the base's top-1, and the classes the validated policy accepted, with the
+    fixes and breaks all its candidate corrections made on the fit split."""
     node = data.get(view.node, view.split)
     state = (node.attrs.get("state") or {}) if node is not None else {}
     covered = state.get("covered") or {}
@@ -91,8 +92,13 @@ def specialists_table(data: ReportData, view: CoverageView) -> str | None:
     rows = []
     for spec_id, facts in covered.items():
         top1 = facts.get("top1")
-        accepted = [c for c, d in (decisions.get(spec_id) or {}).items() if d.get("accept")]
+        per_class = decisions.get(spec_id) or {}
+        accepted = [c for c, d in per_class.items() if d.get("accept")]
         policy = "accepted: " + (", ".join(accepted) or "none") if decisions else "–"
+        offered = [(d.get("fixes"), d.get("breaks")) for d in per_class.values()]
+        if offered and all(f is not None and b is not None for f, b in offered):
+            policy += f" (offered {sum(f for f, _ in offered)} fixes, "
+            policy += f"{sum(b for _, b in offered)} breaks)"
         rows.append(
             [
                 spec_id,
