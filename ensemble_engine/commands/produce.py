@@ -196,7 +196,8 @@ def producer_for(recipe: str) -> str:
 @click.option(
     "--holdout",
     type=click.FloatRange(0, 1, max_open=True),
-    help="Validate on this fraction of train instead of the val split.",
+    help="Validate on this fraction of train instead of the val split, in this run alone "
+    "(the seed's fusion split, shared by every run: `ee store init --holdout`).",
 )
 @click.option("--init", type=click.Choice(["xavier", "default"]), help="Weight initialisation.")
 @click.option("--loss-param", multiple=True, metavar="KEY=VALUE", help="A loss parameter.")
