@@ -54,13 +54,20 @@ def register_splits(store, source: DatasetSource, *, replace: bool = False) -> d
     predictions were made on its old samples.
     """
     samples = {split: source.samples(split) for split in source.split_names()}
-    changed = check_splits(store, source, samples, replace=replace)
-    store.set_classes(source.classes)
-    out = {}
-    for split, rows in samples.items():
-        out[split] = store.add_split(
-            split, [s.sample_id for s in rows], [s.label for s in rows], replace=split in changed
-        )
+    # Checked and written under one lock: a split another process is registering has its group
+    # before its arrays, so reading it mid-way would call it damaged (two producers starting on
+    # a new store at once).
+    with store.lock("splits"):
+        changed = check_splits(store, source, samples, replace=replace)
+        store.set_classes(source.classes)
+        out = {}
+        for split, rows in samples.items():
+            out[split] = store.add_split(
+                split,
+                [s.sample_id for s in rows],
+                [s.label for s in rows],
+                replace=split in changed,
+            )
     return out
 
 
