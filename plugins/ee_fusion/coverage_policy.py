@@ -19,8 +19,15 @@ The fit, on labelled rows:
 
 So decisions fitted on rows never score below the base on those rows (in sample). Out of sample
 nothing can promise that: fitted on other rows, a decision can be wrong on these. ``fit_policy``
-therefore returns out-of-fold labels too (stratified folds as ``stacking``'s), the honest
-estimate of what the decisions do on rows they did not see.
+therefore also fits each fold's decisions without its rows (stratified folds as ``stacking``'s)
+and labels the fold with them, the honest estimate of what the decisions do on rows they did not
+see; and
+
+4. if those out-of-fold labels score fewer hits than the base, covering is refused as a whole:
+   every threshold is +inf on every split, and the fit split's output is the base's.
+
+Step 4 is one choice made with the fit split's labels (cover or not), so the fit split's
+accuracy is never below the base's, and is optimistic by at most that one choice.
 """
 
 from __future__ import annotations
@@ -158,6 +165,10 @@ def fit_policy(
         per_fold.append(thr)
         oof[held] = covered_matrix(a.take(held), thr)
     labels = vote_keep_base(oof, a.base, k)[0]
+    if (labels == y).sum() < (a.base == y).sum():  # 4. covering at all is validated out of fold
+        refused = np.full_like(full, np.inf)
+        base = np.repeat(a.base[:, None], a.answer.shape[1], axis=1)
+        return PolicyFit(refused, [refused.copy() for _ in per_fold], fold, base, a.base.copy())
     return PolicyFit(full, per_fold, fold, oof, labels)
 
 
