@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -147,6 +148,34 @@ def test_quick_demo_writes_an_ordinary_store(quick_demo, run_cli):
     plan = run_cli("combine", workdir / "graph.yaml", "--plan", "--json")
     assert plan.exit_code == 0, plan.output
     assert all(node["cached"] for node in json.loads(plan.output)["nodes"])
+
+
+@pytest.mark.slow
+def test_quick_demo_prints_commands_that_redo_its_steps(quick_demo, run_cli, tmp_path):
+    """Each step is printed as the command a user types: a printed ``ee produce`` resolves to
+    the demo run's own run id (checked with --plan, which trains nothing), the printed
+    ``ee weak-classes`` writes the demo's weak.txt, and the printed ``ee combine`` is cached."""
+    workdir, out = quick_demo
+    commands = [line.strip()[2:] for line in out.splitlines() if line.strip().startswith("$ ee ")]
+    produce = [c for c in commands if c.startswith("ee produce ")]
+    runs = {r.name for r in (workdir / "runs").iterdir()}
+    assert len(produce) == len(runs)
+    specialist = next(c for c in produce if " --subset " in c)
+    for command in (produce[0], specialist):
+        res = run_cli(*shlex.split(command)[1:], "--force", "--plan", "--json")
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout)["run_id"] in runs, command
+    (weak,) = [c for c in commands if c.startswith("ee weak-classes ")]
+    args = shlex.split(weak)[1:]
+    assert args[-2:] == ["-o", str(workdir / "weak.txt")]
+    assert run_cli(*args[:-1], tmp_path / "weak.txt").exit_code == 0
+    assert (tmp_path / "weak.txt").read_text() == (workdir / "weak.txt").read_text()
+    combines = [c for c in commands if c.startswith("ee combine ")]
+    assert combines == [f"ee combine {workdir / 'graph.yaml'} --output stacked",
+                        f"ee combine {workdir / 'graph.yaml'}"]  # fmt: skip
+    res = run_cli(*shlex.split(combines[-1])[1:], "--json")
+    assert res.exit_code == 0, res.output
+    assert all(node["cached"] for node in json.loads(res.stdout)["nodes"])
 
 
 # --- the pieces --------------------------------------------------------------------------------

@@ -26,12 +26,13 @@ from ensemble_engine.graph import NodeResult, execute, load_graph, plan
 from ensemble_engine.store import PredictionStore, open_store
 
 from .config import DemoConfig, ProducerJob
+from .shown import WEAK_FILE, combine_command, produce_command, weak_classes_command
 from .workers import TrainOutcome, TrainTask, run_tasks
 
 MARKER = "ee-demo.json"
 GRAPH_FILE = "graph.yaml"
 STORE_DIR = "ee.zarr"
-OUTPUTS = ("data", "runs", STORE_DIR, GRAPH_FILE, MARKER)
+OUTPUTS = ("data", "runs", STORE_DIR, GRAPH_FILE, WEAK_FILE, MARKER)
 # Nodes of the demo graph: the final node's base is what the weak classes are measured on; the
 # final node needs the specialists, so the first pass stops before it.
 BASE, FINAL = "stacked", "final"
@@ -115,19 +116,25 @@ def train_all(
 ) -> list[TrainOutcome]:
     """Train and predict every job (``workers`` at a time), printing a line as each ends."""
     tasks = tasks_for(run, jobs)
+    commands = {t.name: produce_command(t, run.workdir / WEAK_FILE) for t in tasks}
 
     def done(outcome: TrainOutcome) -> None:
         console.print(f"  trained {outcome.name} ({outcome.seconds:.0f} s)")
+        console.print(f"    $ {commands[outcome.name]}", style="dim", soft_wrap=True)
 
     return run_tasks(tasks, workers, done)
 
 
-def combine(run: DemoRun, *, upto: str | None = None) -> list[NodeResult]:
+def combine(
+    run: DemoRun, *, upto: str | None = None, console: Console | None = None
+) -> list[NodeResult]:
     """Run the demo graph, as ``ee combine GRAPH [--output NODE]`` does.
 
     The first pass runs ``upto`` and the nodes it reads only (``--output``): the final node
     reads specialists that do not exist yet. The second, full pass finds them cached.
     """
+    if console is not None:
+        console.print(f"  $ {combine_command(run.graph_path, upto)}", style="dim", soft_wrap=True)
     spec = load_graph(run.graph_path)
     store = open_store(run.store_path, "a")
     return execute(plan(spec, store, output=upto), store)
@@ -180,17 +187,23 @@ def run_demo(
         "[bold]2/4[/bold] fusing: stage 1 soft votes per loss × size; stage 2 hard vote (seed) "
         "and stacked (learned on val)"
     )
-    combine(run, upto=BASE)
+    combine(run, upto=BASE, console=console)
     lap("fusion")
     run.weak = find_weak(run)
+    (run.workdir / WEAK_FILE).write_text("".join(f"{c}\n" for c in run.weak), encoding="utf-8")
     specialists = config.specialist_jobs(run.weak)
     console.print(
         f"[bold]3/4[/bold] weak classes of {BASE} on val: {', '.join(run.weak)}; training "
         f"{len(specialists)} specialist(s) on them + __other__"
     )
+    c = run.config
+    command = weak_classes_command(
+        run.store_path, BASE, c.weak_threshold, c.max_weak, c.min_weak, run.workdir / WEAK_FILE
+    )
+    console.print(f"  $ {command}", style="dim", soft_wrap=True)
     train_all(run, specialists, workers, console)
     lap("specialists")
     console.print(f"[bold]4/4[/bold] coverage: the specialists correct {BASE}")
-    run.nodes = combine(run)
+    run.nodes = combine(run, console=console)
     lap("coverage")
     return run
