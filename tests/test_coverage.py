@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ensemble_engine.combiner import OTHER, ArrayInput, Output
+from ensemble_engine.errors import GraphError
 
 STORE = ["a", "b", "c", "d", "e"]
 ABC = ["a", "b", "c", OTHER]
@@ -287,3 +288,15 @@ def test_combine_records_covered_top1_per_split_and_ls_shows_it(tmp_path, run_cl
     monkeypatch.setenv("COLUMNS", "250")  # the facts column is cut at 80
     res = run_cli("ls", tmp_path / "s.zarr", "--pattern", "final")
     assert "covered cov-x-r1=1.0000" in " ".join(res.stdout.split()), res.stdout
+
+
+def test_a_small_fit_split_gets_as_many_folds_as_its_commonest_class_has_rows():
+    """3 rows per class (a 20% holdout of 14 images per class) cannot make 5 stratified folds:
+    the policy uses 3 instead of failing the graph; 1 row per class is one line."""
+    y = np.repeat(np.arange(4), 3)
+    folds = fold_ids(y, 5, 0)
+    assert sorted(set(folds.tolist())) == [0, 1, 2]
+    for f in range(3):  # stratified: every class once in every fold
+        assert sorted(y[folds == f].tolist()) == [0, 1, 2, 3]
+    with pytest.raises(GraphError, match="cannot make 2 folds"):
+        fold_ids(np.arange(4), 5, 0)

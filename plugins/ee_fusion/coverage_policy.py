@@ -128,8 +128,15 @@ def fold_ids(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
     """Fold [n] of each row: stratified by label, shuffled with ``seed`` (as ``stacking``)."""
     from sklearn.model_selection import StratifiedKFold
 
-    if len(labels) < folds:
-        raise GraphError(f"coverage: {len(labels)} fit rows cannot make {folds} folds; lower folds")
+    # A fit split with fewer rows per class than folds (a small held-out split) gets as many
+    # folds as its commonest class has rows: scikit-learn refuses more, and the policy would
+    # otherwise fail a graph that runs fine on more data.
+    folds = min(folds, int(np.bincount(labels).max()) if len(labels) else 0)
+    if folds < 2:
+        raise GraphError(
+            f"coverage: {len(labels)} fit rows cannot make 2 folds; fit on a larger labelled "
+            "split or use policy: base_gated"
+        )
     out = np.empty(len(labels), dtype=np.int64)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
@@ -158,6 +165,7 @@ def fit_policy(
 ) -> PolicyFit:
     full = fit_thresholds(a, y, min_gain, confidence, k)
     fold = fold_ids(y, folds, seed)
+    folds = int(fold.max()) + 1  # fewer where the fit split's classes are small
     per_fold, oof = [], np.zeros_like(a.answer)
     for f in range(folds):
         train, held = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
