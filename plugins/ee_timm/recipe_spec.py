@@ -223,7 +223,7 @@ def _note(profile: str) -> str:
 
 PROFILE_NOTES = {
     "imagenet": f"the seed's ImageNet recipe: {_note('imagenet')}",
-    "digits": f"sized for the embedded digits: {_note('digits')}",
+    "digits": f"sized for small images (the embedded digits): {_note('digits')}",
 }
 
 
