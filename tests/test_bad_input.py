@@ -1251,6 +1251,24 @@ CASES += [
 ]
 
 
+# --- ee combine --output NODE and ee weak-classes --max/--min ---------------------------------
+CASES += [
+    Case(
+        "combine: --output naming no node",
+        ("combine", "{root}/g.yaml", "--store", "{store}", "--output", "stage3"),
+        "--output 'stage3' is not a node of the graph",
+        "name one of sv",
+        text("g.yaml", SOFT_M1_GRAPH),
+    ),
+    Case(
+        "weak-classes: --min above --max",
+        ("weak-classes", "{store}", "m1", "--min", "3", "--max", "2"),
+        "--min 3 is more than --max 2",
+        "lower --min or raise --max",
+    ),
+]
+
+
 def test_damaged_images_are_found_before_produce_writes_and_splits_re_register(tmp_path, run_cli):
     """A truncated PNG (header fine, pixels cut) failed ``ee produce`` mid-training, after it
     had created the store, registered the splits and made the run folder; after the fix the
