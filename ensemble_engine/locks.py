@@ -160,6 +160,10 @@ class StoreLock:
             fh.write(self._record())
         return None
 
+    def holder(self) -> dict[str, Any] | None:
+        """Who holds this lock of a local store (``pid``, ``host``, ``time``), or None."""
+        return self._read_local(Path(self.path))
+
     @staticmethod
     def _read_local(path: Path) -> dict[str, Any] | None:
         try:

@@ -156,6 +156,19 @@ def get_host() -> PluginHost:
     return _host
 
 
+def get_registry(kind: str) -> Registry:
+    """The registry of one kind (``losses``, ``datasets``, ``tta_views``, ``producers``,
+    ``combiners``) of the process-wide host: what plugins look each other's things up in."""
+    if kind not in KINDS:
+        raise PluginError(f"unknown registry {kind!r}; known: {', '.join(KINDS)}")
+    return get_host().registry(kind)
+
+
+def plugin_info(name: str) -> PluginInfo | None:
+    """The loaded plugin ``name`` (its version, whether built in), or None."""
+    return get_host().infos.get(name)
+
+
 def reset_host() -> None:
     """Forget the loaded plugins (tests; a changed ``EE_PLUGINS``)."""
     global _host

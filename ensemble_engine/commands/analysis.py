@@ -90,6 +90,21 @@ def select_weak(
     return weak if max_k is None else weak[:max_k]
 
 
+def weak_class_ids(
+    store: PredictionStore,
+    name: str,
+    split: str,
+    threshold: float,
+    *,
+    max_k: int | None = None,
+    min_k: int = 0,
+) -> list[str]:
+    """The class ids ``ee weak-classes STORE NAME --split SPLIT --threshold T --max K --min M``
+    picks (``select_weak`` over ``class_accuracies``), worst first."""
+    found = select_weak(class_accuracies(store, name, split), threshold, max_k=max_k, min_k=min_k)
+    return [a.cls for a in found]
+
+
 def _table(rows: list[ClassAccuracy]):
     from rich.table import Table
 
