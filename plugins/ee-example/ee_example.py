@@ -11,8 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ensemble_engine.combiner import Combiner, Output
-from ensemble_engine.hookspecs import hookimpl
+from ensemble_engine import Combiner, Output, hookimpl
 
 
 class Poly1Loss(torch.nn.Module):

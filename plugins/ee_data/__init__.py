@@ -12,11 +12,11 @@ import json
 import os
 from pathlib import Path
 
-from ensemble_engine.hookspecs import Register, hookimpl
+from ensemble_engine import Register, hookimpl, load_image
 
 from .digits import digits_params, write_digits
 from .holdout import holdout_split, merge_train_val
-from .imagefolder import ImageFolderSource, SkippedFilesWarning, load_image
+from .imagefolder import ImageFolderSource, SkippedFilesWarning
 
 __all__ = [
     "ImageFolderSource",

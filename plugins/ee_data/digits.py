@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ensemble_engine.errors import DataError
+from ensemble_engine import DataError
 
 MANIFEST = "ee-digits.json"
 MANIFEST_FORMAT = "ee.digits"

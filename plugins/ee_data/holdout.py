@@ -7,9 +7,7 @@ keeps the names ``ee_data`` has always offered.
 
 from __future__ import annotations
 
-from ensemble_engine.data import DatasetSource, Sample
-from ensemble_engine.errors import DataError
-from ensemble_engine.holdout import holdout_split, merged_samples
+from ensemble_engine import DataError, DatasetSource, Sample, holdout_split, merged_samples
 
 __all__ = ["holdout_split", "merge_train_val"]
 

@@ -35,8 +35,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ensemble_engine.data import UNKNOWN_LABEL, Sample
-from ensemble_engine.errors import DataError
+from ensemble_engine import UNKNOWN_LABEL, DataError, Sample
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 SPLIT_ORDER = ("train", "val", "test")
@@ -47,15 +46,6 @@ _LISTED = 10  # skipped files named in a warning or error; the rest are counted
 
 class SkippedFilesWarning(UserWarning):
     """Files in an image folder were skipped because they are not readable images."""
-
-
-def load_image(path: Path | str) -> Image.Image:
-    """The image at ``path``, decoded and converted to RGB."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}; replace or remove the file") from exc
 
 
 def _visible_dirs(folder: Path) -> list[Path]:

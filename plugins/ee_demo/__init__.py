@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ensemble_engine.hookspecs import hookimpl
+from ensemble_engine import hookimpl
 
 
 @click.command("demo")

@@ -21,9 +21,15 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ensemble_engine.errors import EEError
-from ensemble_engine.graph import NodeResult, execute, load_graph, plan
-from ensemble_engine.store import PredictionStore, open_store
+from ensemble_engine import (
+    EEError,
+    NodeResult,
+    PredictionStore,
+    execute,
+    load_graph,
+    open_store,
+    plan,
+)
 
 from .config import DemoConfig, ProducerJob
 from .shown import WEAK_FILE, combine_command, produce_command, weak_classes_command
@@ -82,11 +88,9 @@ def prepare_workdir(workdir: Path) -> None:
 
 def write_inputs(run: DemoRun) -> PredictionStore:
     """The digits tree, the store with its splits registered, the graph file, the marker."""
-    from ee_data import open_digits
+    from ensemble_engine import open_dataset, register_splits
 
-    from ensemble_engine.data import register_splits
-
-    source = open_digits(run.workdir / "data", seed=DATA_SEED)
+    source = open_dataset(run.workdir / "data", name="digits", seed=DATA_SEED)
     store = open_store(run.store_path, "a")
     register_splits(store, source)
     text = resources.files(__package__).joinpath(GRAPH_FILE).read_text("utf-8")
@@ -148,15 +152,13 @@ def find_weak(run: DemoRun) -> list[str]:
     images it was not fitted on. At least two: a specialist needs a choice between subset
     classes to be of use.
     """
-    from ensemble_engine.commands.analysis import class_accuracies, select_weak
+    from ensemble_engine import weak_class_ids
 
     store = open_store(run.store_path, "r")
     c = run.config
-    found = select_weak(
-        class_accuracies(store, BASE, "val"), c.weak_threshold, max_k=c.max_weak, min_k=c.min_weak
-    )
+    found = weak_class_ids(store, BASE, "val", c.weak_threshold, max_k=c.max_weak, min_k=c.min_weak)
     order = list(store.classes)
-    return sorted((a.cls for a in found), key=order.index)
+    return sorted(found, key=order.index)
 
 
 def run_demo(

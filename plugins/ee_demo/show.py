@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ensemble_engine.store import open_store
+from ensemble_engine import open_store
 
 from . import tables
 from .config import demo_config

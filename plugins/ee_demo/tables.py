@@ -13,9 +13,7 @@ import numpy as np
 from rich import box
 from rich.table import Table
 
-from ensemble_engine.graph import NodeResult
-from ensemble_engine.metrics import per_class_accuracy, predicted_class
-from ensemble_engine.store import PredictionStore
+from ensemble_engine import NodeResult, PredictionStore, per_class_accuracy, predicted_class
 
 SPLITS = ("val", "test")
 

@@ -47,9 +47,7 @@ def run_task(task: TrainTask) -> TrainOutcome:
     import torch
     from rich.console import Console
 
-    from ensemble_engine.plugins import get_host
-    from ensemble_engine.producer import ProduceRequest
-    from ensemble_engine.store import open_store
+    from ensemble_engine import ProduceRequest, get_registry, open_store
 
     torch.set_num_threads(1)
     log = io.StringIO()
@@ -64,7 +62,7 @@ def run_task(task: TrainTask) -> TrainOutcome:
         console=Console(file=log, width=100, force_terminal=False),
         name=task.name,
     )
-    producer = get_host().producers.get("timm").factory()
+    producer = get_registry("producers").get("timm").factory()
     with contextlib.redirect_stderr(log):  # e.g. "waiting for a lock" while another run writes
         ids = producer.produce(request)
     return TrainOutcome(task.name, ids, time.perf_counter() - started, log.getvalue())

@@ -7,8 +7,7 @@ plain arrays; the engine streams row chunks through ``apply``.
 
 from __future__ import annotations
 
-from ensemble_engine.hookspecs import Register, hookimpl
-from ensemble_engine.registry import lazy_exports
+from ensemble_engine import Register, hookimpl, lazy_exports
 
 # Combiner classes are imported on first use (scipy and scikit-learn take a second to load).
 _EXPORTS = {

@@ -14,8 +14,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ensemble_engine.combiner import InputChunk, InputSource
-from ensemble_engine.errors import GraphError
+from ensemble_engine import GraphError, InputChunk, InputSource
 
 #: Caches up to this many elements (512 MiB) stay float32.
 FLOAT32_CACHE_LIMIT = 1 << 27

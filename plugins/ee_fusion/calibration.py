@@ -10,8 +10,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import logsumexp
 
-from ensemble_engine.combiner import Combiner, InputChunk, InputSource, Output, Role
-from ensemble_engine.errors import GraphError
+from ensemble_engine import Combiner, GraphError, InputChunk, InputSource, Output, Role
 
 from .common import as_logits, check_classes, check_labels, role_inputs
 

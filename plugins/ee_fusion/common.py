@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ensemble_engine.combiner import InputChunk, InputSource
-from ensemble_engine.errors import GraphError
+from ensemble_engine import GraphError, InputChunk, InputSource
 
 #: Log-probabilities are floored here: below e^-30 a probability carries nothing a vote can use,
 #: and the floor keeps ``log(0)`` of a stored float16 probability finite.

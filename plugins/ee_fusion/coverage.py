@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ensemble_engine.combiner import OTHER, Combiner, InputChunk, InputSource, Output, Role
-from ensemble_engine.errors import GraphError
+from ensemble_engine import OTHER, Combiner, GraphError, InputChunk, InputSource, Output, Role
 
 from .common import check_classes, check_labels, role_inputs
 from .coverage_policy import Answers, PolicyFit, covered_matrix, evidence, fit_policy

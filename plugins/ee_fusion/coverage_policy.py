@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ensemble_engine.errors import GraphError
+from ensemble_engine import GraphError
 
 from .coverage_rules import Specialist, cover, vote_keep_base
 

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ensemble_engine.combiner import OTHER, InputChunk
-from ensemble_engine.errors import GraphError
+from ensemble_engine import OTHER, GraphError, InputChunk
 
 
 def specialist_index(

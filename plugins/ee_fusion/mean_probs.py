@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ensemble_engine.combiner import InputChunk
-from ensemble_engine.errors import GraphError
+from ensemble_engine import GraphError, InputChunk
 
 if TYPE_CHECKING:
     import torch

@@ -13,9 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from ensemble_engine.combiner import Combiner, InputChunk, InputSource, Output, Role
-from ensemble_engine.errors import GraphError
-from ensemble_engine.metrics import predicted_class
+from ensemble_engine import (
+    Combiner,
+    GraphError,
+    InputChunk,
+    InputSource,
+    Output,
+    Role,
+    predicted_class,
+)
 
 from .cache import FLOAT32_CACHE_LIMIT, Cache, gather_by_input, subsample_rows
 from .common import check_classes, check_labels, role_inputs

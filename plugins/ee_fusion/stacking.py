@@ -19,8 +19,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
-from ensemble_engine.combiner import Combiner, InputChunk, InputSource, Output, Role, softmax
-from ensemble_engine.errors import GraphError
+from ensemble_engine import Combiner, GraphError, InputChunk, InputSource, Output, Role, softmax
 
 from .cache import FLOAT32_CACHE_LIMIT, Cache, gather_by_row, subsample_rows
 from .common import check_classes, check_labels, log_probs, role_inputs

@@ -7,8 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ensemble_engine.combiner import Combiner, InputChunk, InputSource, Output, Role
-from ensemble_engine.errors import GraphError
+from ensemble_engine import Combiner, GraphError, InputChunk, InputSource, Output, Role
 
 from .common import (
     WEIGHTS_SCHEMA,

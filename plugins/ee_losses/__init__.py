@@ -7,8 +7,7 @@ Every loss is a ``torch.nn.Module`` built from keyword parameters (all with defa
 
 from __future__ import annotations
 
-from ensemble_engine.hookspecs import Register, hookimpl
-from ensemble_engine.registry import lazy_exports
+from ensemble_engine import Register, hookimpl, lazy_exports
 
 # Loss classes are imported on first use (module-level __getattr__), so loading the plugin to
 # list commands or read a store does not import torch.

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ensemble_engine.errors import RecipeError
+from ensemble_engine import RecipeError
 
 from .common import ClassificationLoss, check_int, check_number, smooth_targets
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ensemble_engine.errors import RecipeError
+from ensemble_engine import RecipeError
 
 REDUCTIONS = ("mean", "sum", "none")
 

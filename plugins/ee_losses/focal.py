@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ensemble_engine.errors import RecipeError
+from ensemble_engine import RecipeError
 
 from .common import ClassificationLoss, check_class_weights, check_number
 

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ensemble_engine.errors import RecipeError
+from ensemble_engine import RecipeError
 
 from .common import ClassificationLoss, check_int, check_number
 from .focal import focal_per_sample, sigmoid_focal_per_sample

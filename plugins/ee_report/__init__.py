@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from ensemble_engine.hookspecs import hookimpl
+from ensemble_engine import hookimpl
 
 
 @click.command("report")
@@ -38,7 +38,7 @@ from ensemble_engine.hookspecs import hookimpl
 )
 def report_command(store: str, graph: str | None, splits: tuple[str, ...], output: Path) -> None:
     """Write an HTML report of STORE: scores, error agreement, coverage, the fusion graph."""
-    from ensemble_engine.store import open_store
+    from ensemble_engine import open_store
 
     from .report import build_report, write_report
 

@@ -13,10 +13,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ensemble_engine.combiner import OTHER
-from ensemble_engine.errors import StoreError
-from ensemble_engine.metrics import per_class_accuracy, predicted_class
-from ensemble_engine.store import Prediction, PredictionStore
+from ensemble_engine import (
+    OTHER,
+    Prediction,
+    PredictionStore,
+    StoreError,
+    per_class_accuracy,
+    predicted_class,
+)
 
 PREFERRED_SPLITS = ("val", "test")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from html import escape
 
-from ensemble_engine.store import Prediction
+from ensemble_engine import Prediction
 
 from .dag import Dag
 from .data import CoverageView, ReportData, is_subset, source_type

@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ensemble_engine.outputs import OutputError, is_stdout, write_output
-from ensemble_engine.store import PredictionStore
+from ensemble_engine import OutputError, PredictionStore, is_stdout, write_output
 
 from . import figures
 from . import html as page_html
@@ -47,7 +46,7 @@ def load_graph_spec(source: str | Path | None) -> Any | None:
     if source is None:
         return None
     try:
-        from ensemble_engine.graph import load_graph
+        from ensemble_engine import load_graph
     except ImportError:
         return None
     return load_graph(source)

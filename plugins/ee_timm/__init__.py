@@ -9,7 +9,7 @@ plugin does not import timm.
 
 from __future__ import annotations
 
-from ensemble_engine.hookspecs import Register, hookimpl
+from ensemble_engine import Register, hookimpl
 
 __all__ = ["register_commands", "register_producers", "timm_producer"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 from functools import cache
 
-from ensemble_engine.errors import RecipeError
+from ensemble_engine import RecipeError
 
 BACKBONE_ALIASES: dict[str, str] = {
     "resnest101": "resnest101e",

@@ -15,7 +15,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 
-from ensemble_engine.errors import RecipeError
+from ensemble_engine import RecipeError
 
 if TYPE_CHECKING:
     from .recipe import Recipe

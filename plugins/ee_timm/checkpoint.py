@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import yaml
 
-from ensemble_engine.errors import RecipeError
+from ensemble_engine import RecipeError
 
 CHECKPOINT_FORMAT = "ee_timm.checkpoint"
 CHECKPOINT_VERSION = 1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from ensemble_engine.commands.produce import split_list
+from ensemble_engine import split_list
 
 
 @click.command("recipes")
@@ -21,7 +21,7 @@ def recipes_command(as_json: bool) -> None:
 
     Any timm model name (`timm.list_models()`) is a backbone too.
     """
-    from ensemble_engine.plugins import get_host
+    from ensemble_engine import get_registry
 
     from .backbones import BACKBONE_ALIASES
     from .data_profile import PROFILE_RULE
@@ -31,7 +31,7 @@ def recipes_command(as_json: bool) -> None:
     losses = [
         {"name": e.name, "aliases": list(e.aliases), "description": e.description,
          "plugin": e.plugin}
-        for e in get_host().losses
+        for e in get_registry("losses")
     ]  # fmt: skip
     if as_json:
         payload = {
@@ -129,9 +129,7 @@ def predict_command(
     """
     from rich.console import Console
 
-    from ensemble_engine.data import open_dataset, register_splits
-    from ensemble_engine.holdout import with_store_holdout
-    from ensemble_engine.store import open_store
+    from ensemble_engine import open_dataset, open_store, register_splits, with_store_holdout
 
     from .prediction import check_run_holdout, load_run, predict_run
     from .recipe import check_buildable

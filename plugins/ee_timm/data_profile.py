@@ -21,7 +21,7 @@ from typing import Any
 
 from PIL import Image
 
-from ensemble_engine.producer import ProduceRequest
+from ensemble_engine import ProduceRequest
 
 from .recipe import Recipe
 from .recipe_resolve import resolve_with_sources

@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ensemble_engine.errors import RecipeError
+from ensemble_engine import RecipeError
 
 BACKEND_ENV = "EE_DIST_BACKEND"
 BACKENDS = ("nccl", "gloo")

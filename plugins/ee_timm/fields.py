@@ -15,8 +15,7 @@ from typing import Any, Union, get_args, get_origin
 
 import yaml
 
-from ensemble_engine.errors import RecipeError
-from ensemble_engine.strict_yaml import load_yaml
+from ensemble_engine import RecipeError, load_yaml
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}

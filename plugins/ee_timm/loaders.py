@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 
-from ensemble_engine.data import Sample
+from ensemble_engine import Sample
 
 SEED_BOUND = 2**32  # numpy's seeds are 32-bit
 REPLAY_BYTES = 512 * 2**20  # validation batches kept in memory up to this size
@@ -101,7 +101,7 @@ class SampleDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
-        from ee_data import load_image
+        from ensemble_engine import load_image
 
         index, seed = key if isinstance(key, tuple) else (key, None)
         sample = self.samples[index]

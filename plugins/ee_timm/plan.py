@@ -13,8 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ensemble_engine.data import check_splits
-from ensemble_engine.producer import ProduceRequest, StoreOnFirstUse
+from ensemble_engine import ProduceRequest, StoreOnFirstUse, check_splits
 
 from .data_profile import resolve_request
 from .prediction import base_name, check_names_free, prediction_splits

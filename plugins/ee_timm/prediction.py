@@ -31,9 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ensemble_engine.data import DatasetSource
-from ensemble_engine.errors import DataError, RecipeError, StoreError
-from ensemble_engine.holdout import HoldoutSource, trained_splits
+from ensemble_engine import (
+    DataError,
+    DatasetSource,
+    HoldoutSource,
+    RecipeError,
+    StoreError,
+    trained_splits,
+)
 
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from .recipe import FIELD_NAMES, PRODUCER_NAME, Recipe
@@ -44,7 +49,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from torch import nn
 
-    from ensemble_engine.store import PredictionStore
+    from ensemble_engine import PredictionStore
 
     from .distributed import TorchGroup
 
@@ -224,9 +229,9 @@ def check_classes(run: TrainedRun, source: DatasetSource) -> list[str] | None:
 
 
 def plugin_version() -> str:
-    from ensemble_engine.plugins import get_host
+    from ensemble_engine import plugin_info
 
-    info = get_host().infos.get(PLUGIN)
+    info = plugin_info(PLUGIN)
     return info.version if info is not None else "?"
 
 

@@ -18,13 +18,26 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from ensemble_engine.data import DatasetSource, Sample, open_dataset, register_splits
-from ensemble_engine.errors import DataError, RecipeError, StoreError
-from ensemble_engine.holdout import HoldoutSource, holdout_split, with_store_holdout
-from ensemble_engine.locks import StoreLock
-from ensemble_engine.producer import Producer, ProduceRequest, StoreOnFirstUse
-from ensemble_engine.shards import on_rank0
-from ensemble_engine.store import PredictionStore, check_name, open_store
+from ensemble_engine import (
+    DataError,
+    DatasetSource,
+    HoldoutSource,
+    PredictionStore,
+    Producer,
+    ProduceRequest,
+    RecipeError,
+    Sample,
+    StoreError,
+    StoreLock,
+    StoreOnFirstUse,
+    check_name,
+    holdout_split,
+    on_rank0,
+    open_dataset,
+    open_store,
+    register_splits,
+    with_store_holdout,
+)
 
 from .builders import resolve_device
 from .checkpoint import read_resumable
@@ -314,7 +327,7 @@ class RunLock:
         try:
             self.lock.acquire()
         except StoreError:
-            holder = StoreLock._read_local(Path(self.lock.path)) or {}
+            holder = self.lock.holder() or {}
             raise StoreError(
                 f"run folder {self.run_dir} is in use by pid {holder.get('pid', '?')} on "
                 f"{holder.get('host', '?')} (lock {self.lock.path}); wait for that run to "

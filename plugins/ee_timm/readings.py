@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ensemble_engine.errors import RecipeError
+from ensemble_engine import RecipeError
 
 READ_EVERY = 50  # steps between readings of the loss on a GPU, as timm's log_interval
 

@@ -16,8 +16,7 @@ from typing import Any
 
 import yaml
 
-from ensemble_engine.errors import PluginError, RecipeError
-from ensemble_engine.strict_yaml import StrictYAMLError, load_yaml
+from ensemble_engine import PluginError, RecipeError, StrictYAMLError, load_yaml
 
 from .backbones import min_input_size, resolve_backbone
 from .fields import coerce
@@ -74,9 +73,9 @@ def parse_recipe_name(spec: str) -> tuple[str, str]:
 
 def resolve_loss(name: str) -> str:
     """The registered name of loss ``name`` (or alias); ``RecipeError`` with close matches."""
-    from ensemble_engine.plugins import get_host
+    from ensemble_engine import get_registry
 
-    losses = get_host().losses
+    losses = get_registry("losses")
     try:
         return losses.resolve(name)
     except PluginError:
@@ -267,7 +266,7 @@ def _explicit_fields(overrides: Mapping[str, Any]) -> set[str]:
 def check_buildable(recipe: Recipe) -> None:
     """Build the loss, the augmentation policy and the TTA views once, so that a bad value fails
     now, before training, as a ``RecipeError``."""
-    from ensemble_engine.losses import create_loss
+    from ensemble_engine import create_loss
 
     from .transforms import auto_augment
 

@@ -13,8 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, get_type_hints
 
-from ensemble_engine.combiner import OTHER
-from ensemble_engine.errors import RecipeError
+from ensemble_engine import OTHER, RecipeError
 
 from .backbones import min_input_size
 from .fields import coerce, describe

@@ -25,9 +25,7 @@ import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from ensemble_engine.errors import RecipeError
-from ensemble_engine.losses import create_loss
-from ensemble_engine.plugins import get_host
+from ensemble_engine import RecipeError, create_loss, get_registry
 
 from . import checkpoint as ck
 from .builders import (
@@ -182,7 +180,7 @@ class TrainingSession:
 
 def loss_needs_features(name: str, loss: nn.Module) -> bool:
     """Whether loss ``name`` is registered with ``needs_features`` (and can take them)."""
-    entry = get_host().losses.get(name)
+    entry = get_registry("losses").get(name)
     if not entry.capabilities.get("needs_features", False):
         return False
     if not callable(getattr(loss, "update_features", None)):

@@ -20,9 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ensemble_engine.combiner import OTHER
-from ensemble_engine.data import Sample
-from ensemble_engine.errors import DataError
+from ensemble_engine import OTHER, DataError, Sample
 
 
 def specialist_classes(subset: Sequence[str]) -> list[str]:

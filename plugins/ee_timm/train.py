@@ -30,8 +30,7 @@ from typing import Any
 
 from rich.console import Console
 
-from ensemble_engine.data import Sample
-from ensemble_engine.errors import RecipeError
+from ensemble_engine import RecipeError, Sample
 
 from . import checkpoint as ck
 from .builders import resolve_device

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
-from ee_data.batches import BatchNormalize
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
 from timm.data.auto_augment import (
     augment_and_mix_transform,
@@ -23,6 +22,8 @@ from timm.data.auto_augment import (
     rand_augment_transform,
 )
 from torchvision import transforms as T
+
+from ensemble_engine import BatchNormalize
 
 if TYPE_CHECKING:
     from .recipe import Recipe

@@ -8,8 +8,7 @@ scores (``merge``: mean_logits, mean_probs, gmean) into the prediction store.
 
 from __future__ import annotations
 
-from ensemble_engine.hookspecs import Register, hookimpl
-from ensemble_engine.registry import lazy_exports
+from ensemble_engine import Register, hookimpl, lazy_exports
 
 # Everything below is imported on first use (module-level __getattr__): loading the plugin to
 # list commands or read a store must not import torch and timm.

@@ -26,14 +26,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from ee_data import load_image
-from ee_data.batches import BatchNormalize
 from timm.data import create_transform, resolve_model_data_config
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from ensemble_engine.data import Sample
-from ensemble_engine.errors import RecipeError
+from ensemble_engine import BatchNormalize, RecipeError, Sample, load_image
 
 
 @dataclass(frozen=True)

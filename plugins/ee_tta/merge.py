@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ensemble_engine.errors import RecipeError
+from ensemble_engine import RecipeError
 
 MERGE_KINDS: dict[str, str] = {"mean_logits": "logits", "mean_probs": "probs", "gmean": "logits"}
 DEFAULT_MERGE = "mean_logits"

@@ -26,10 +26,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ensemble_engine.data import DatasetSource, Sample
-from ensemble_engine.errors import AlignmentError, RecipeError
-from ensemble_engine.prediction_io import chunk_rows_for
-from ensemble_engine.shards import ChunkedRows, Group, shard_chunk_rows, write_sharded
+from ensemble_engine import (
+    AlignmentError,
+    ChunkedRows,
+    DatasetSource,
+    Group,
+    RecipeError,
+    Sample,
+    chunk_rows_for,
+    shard_chunk_rows,
+    write_sharded,
+)
 
 from .evaldata import EvalConfig, SharedBatches, check_test_size, eval_config
 from .merge import DEFAULT_MERGE, merge_kind
@@ -47,7 +54,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
 
-    from ensemble_engine.store import PredictionStore
+    from ensemble_engine import PredictionStore
 
 __all__ = [
     "PredictOptions", "forward_views", "predict_sizes", "predict_split", "view_prediction_name",

@@ -24,9 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ensemble_engine.data import Sample
-from ensemble_engine.errors import RecipeError
-from ensemble_engine.store import check_name
+from ensemble_engine import RecipeError, Sample, check_name
 
 from .evaldata import size_batches
 from .merge import merge_views
@@ -36,7 +34,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
 
-    from ensemble_engine.store import PredictionStore
+    from ensemble_engine import PredictionStore
 
 WriterKey = tuple[int, str | None]  # (test size, kept view's label; None: the merged scores)
 Emit = Callable[[int, int, np.ndarray], None]  # (first row, size index, blocks [1 + kept, B, K])

@@ -28,7 +28,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from ensemble_engine.errors import RecipeError
+from ensemble_engine import RecipeError
 
 from . import batched
 
@@ -214,11 +214,11 @@ def build_views(
 
     Factories that take ``mean`` and ``std`` receive the model's normalisation.
     """
-    from ensemble_engine.plugins import get_host
+    from ensemble_engine import get_registry
 
     if not requests:
         raise RecipeError("no TTA views given; use at least one, e.g. identity")
-    registry = get_host().tta_views
+    registry = get_registry("tta_views")
     views: dict[str, View] = {}
     for request in requests:
         name, params = _split_request(request)
