@@ -42,7 +42,7 @@ def create_group_with_array(
 ) -> tuple[zarr.Group, zarr.Array]:
     """Group ``path`` under ``root`` with ``attrs`` (parents made as needed) and, in it, the
     uncompressed, checksummed array ``array`` (``name``, ``shape``, ``dtype``, ``chunks``,
-    codecs ``chunks.CODECS``) filled with 0."""
+    optional ``dimension_names``, codecs ``chunks.CODECS``) filled with 0."""
     folder = _local_folder(root)
     if folder is None:
         return sync(_zarr_create(root._async_group, path, attrs, array))
@@ -66,6 +66,7 @@ def create_group_with_array(
             "codecs": CODECS,
             "attributes": {},
             "storage_transformers": [],
+            "dimension_names": array.get("dimension_names"),
         }
     )
     _write(os.path.join(folder, path, array["name"]), _doc(array_meta))

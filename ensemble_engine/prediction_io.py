@@ -106,6 +106,9 @@ class PredictionWriter:
         self.publish = publish
         self.kind, self.classes, self.dtype = kind, classes, dtype
         self.meta = clean_attrs(meta)
+        # attrs known only once every row is written (a producer's measured images/s), set by
+        # the caller before close: written with ``complete``, over ``meta``'s
+        self.late_attrs: dict[str, Any] = {}
         self.store_classes = store_classes
         self.chunk_rows = min(chunk_rows, max(1, split.n))
         self.pred_labels = label_map[split.labels.astype(np.int64)]
@@ -134,11 +137,14 @@ class PredictionWriter:
         if self.classes != self.store_classes:
             attrs["classes"] = list(self.classes)
         if self.kind == "labels":
-            array = {"name": "label", "shape": (n,), "dtype": "int32", "chunks": (self.chunk_rows,)}
+            array = {
+                "name": "label", "shape": (n,), "dtype": "int32", "chunks": (self.chunk_rows,),
+                "dimension_names": ("sample",),
+            }  # fmt: skip
         else:
             array = {
                 "name": "scores", "shape": (n, k), "dtype": self.dtype,
-                "chunks": (self.chunk_rows, k),
+                "chunks": (self.chunk_rows, k), "dimension_names": ("sample", "class"),
             }  # fmt: skip
         try:
             self.group, arr = create_group_with_array(self.root, self.path, attrs, array)
@@ -255,6 +261,7 @@ class PredictionWriter:
                 shape=(self.split.n, k),
                 dtype="float32",
                 chunks=(self.chunk_rows, k),
+                dimension_names=("sample", "class"),
                 compressors=[Crc32cCodec()],
                 config=WRITE_EMPTY,
             )
@@ -287,6 +294,7 @@ class PredictionWriter:
             self.group = update_group_attrs(
                 self.group,
                 {
+                    **clean_attrs(self.late_attrs),
                     "metrics": self.metrics.result(),
                     "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                     "complete": True,

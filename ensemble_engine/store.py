@@ -46,6 +46,7 @@ from .records import (
 )
 from .staging import final_path, publish, recover, staged_path
 from .store_root import StoreRoot
+from .xarray_view import labelled, require_xarray
 
 __all__ = [
     "FORMAT",
@@ -286,10 +287,23 @@ class PredictionStore(StoreRoot):
         that widen later or not at all); ``"float16"``/``"float32"`` give that dtype. Labels are
         returned as stored whatever ``dtype`` says.
         """
-        pred, arr = self._open(name, split)
+        return self._read(*self._open(name, split), dtype)
+
+    def _read(self, pred: Prediction, arr: zarr.Array, dtype: Any) -> np.ndarray:
         want = self._read_dtype(pred, arr, dtype)
         with self._reading(f"prediction {pred.id}"):
             return RowChunks(arr).read(dtype=want)
+
+    def to_xarray(self, name: str, split: str, *, dtype: Any = None) -> Any:
+        """The prediction as an ``xarray.DataArray``: ``read``'s values (``dtype`` as there)
+        with coordinates ``sample`` (the split's sample ids) and ``class`` (the prediction's
+        class ids), attrs the prediction's; kind labels gives ``label(sample)``
+        (``xarray_view.py``). Needs the ``xarray`` extra."""
+        xr = require_xarray()  # before any read: a missing extra costs nothing
+        pred, arr = self._open(name, split)
+        values = self._read(pred, arr, dtype)
+        ids = self.split(split).sample_ids
+        return labelled(xr, pred, values, ids, self.classes_of(pred))
 
     def read_votes(self, name: str, split: str) -> np.ndarray | None:
         g = self.group[f"predictions/{name}/{split}"]

@@ -199,7 +199,9 @@ class StoreRoot:
                 )
             del self.group[f"splits/{name}"]
         g = self.group.require_group(f"splits/{name}")
-        checked = {"compressors": [Crc32cCodec()], "config": WRITE_EMPTY}  # every chunk, checked
+        checked = {  # every chunk, checked; the dimension xarray names
+            "compressors": [Crc32cCodec()], "config": WRITE_EMPTY, "dimension_names": ("sample",),
+        }  # fmt: skip
         sid = g.create_array(
             "sample_id", shape=(len(ids),), dtype=str, chunks=(len(ids),), **checked
         )

@@ -17,10 +17,11 @@ from ensemble_engine.local_nodes import create_group_with_array, update_group_at
 from ensemble_engine.store import open_store
 
 ATTRS = {"kind": "logits", "complete": False, "meta": {"sizes": [224, 320], "w": 0.5}}
+DIMS = {"dimension_names": ("sample", "class")}
 ARRAYS = [
-    {"name": "scores", "shape": (1000, 37), "dtype": "float16", "chunks": (256, 37)},
-    {"name": "scores", "shape": (10, 5), "dtype": "float32", "chunks": (4, 5)},
-    {"name": "label", "shape": (99,), "dtype": "int32", "chunks": (64,)},
+    {"name": "scores", "shape": (1000, 37), "dtype": "float16", "chunks": (256, 37), **DIMS},
+    {"name": "scores", "shape": (10, 5), "dtype": "float32", "chunks": (4, 5)},  # no names
+    {"name": "label", "shape": (99,), "dtype": "int32", "chunks": (64,), "dimension_names": ["s"]},
 ]
 
 
