@@ -498,6 +498,44 @@ output: x
 """,
         "invalid YAML:",
     ),
+    # --- issue 21 (item 2): select's cost budget ---------------------------------------------
+    (
+        "a negative budget",
+        HEAD
+        + """\
+  x:
+    combiner: select
+    inputs: [m1, m2]
+    params: {budget: {gflops: -5}}  # <-
+output: x
+""",
+        "node 'x': bad params for select: budget: gflops -5 must be a positive number",
+    ),
+    (
+        "a budget of both gflops and images_per_s",
+        HEAD
+        + """\
+  x:
+    combiner: select
+    inputs: [m1, m2]
+    params: {budget: {gflops: 5, images_per_s: 100}}  # <-
+output: x
+""",
+        "node 'x': bad params for select: budget: give one of gflops or images_per_s, not both",
+    ),
+    (
+        "a budget with an unknown key",
+        HEAD
+        + """\
+  x:
+    combiner: select
+    inputs: [m1, m2]
+    params:  # <-
+      budget: {flops: 5}
+output: x
+""",
+        "node 'x': bad params for select: budget: unknown key 'flops'; give gflops",
+    ),
 ]
 
 
