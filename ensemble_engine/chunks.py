@@ -23,12 +23,12 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 from .chunk_files import CRC_CODEC, PLAIN_CODEC, ChunkFile, DamagedChunk, FileDamage, chunk_damage
 from .float16 import PASS_ITEMS, widen_float16
 from .io_pool import in_parallel, io_threads
+from .zarr_internals import sync
 
 if TYPE_CHECKING:
     import zarr

@@ -21,16 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import zarr
+from zarr import AsyncArray, AsyncGroup
+from zarr.abc.buffer import Buffer
+from zarr.buffer import default_buffer_prototype
 from zarr.codecs import Crc32cCodec
-from zarr.core.array import AsyncArray
-from zarr.core.buffer import Buffer, default_buffer_prototype
-from zarr.core.group import AsyncGroup, GroupMetadata
-from zarr.core.metadata.v3 import ArrayV3Metadata
-from zarr.core.sync import sync
 from zarr.storage import LocalStore, StorePath
-from zarr.storage import _local as zarr_local
 
 from .chunks import CODECS
+from .zarr_internals import ArrayV3Metadata, GroupMetadata, async_group, atomic_put, sync
 
 _JSON = "zarr.json"
 # Every chunk is written, even one equal to the fill value: a missing chunk is damage.
@@ -45,7 +43,7 @@ def create_group_with_array(
     optional ``dimension_names``, codecs ``chunks.CODECS``) filled with 0."""
     folder = _local_folder(root)
     if folder is None:
-        return sync(_zarr_create(root._async_group, path, attrs, array))
+        return sync(_zarr_create(async_group(root), path, attrs, array))
     parts = path.split("/")
     for depth in range(1, len(parts)):  # parents: created if missing, never rewritten
         _write_new(os.path.join(folder, *parts[:depth]))
@@ -125,7 +123,7 @@ def _doc(meta: GroupMetadata | ArrayV3Metadata) -> Buffer:
 def _write(folder: str, doc: Buffer) -> None:
     """``folder/zarr.json`` replaced atomically, by the function zarr's ``LocalStore`` writes
     with (a temporary file, then a rename: a reader sees the old or the new document)."""
-    zarr_local._put(Path(folder, _JSON), doc)
+    atomic_put(Path(folder, _JSON), doc)
 
 
 def _write_new(folder: str) -> None:
@@ -135,4 +133,4 @@ def _write_new(folder: str) -> None:
     if target.exists():
         return
     with contextlib.suppress(FileExistsError):
-        zarr_local._put(target, _doc(GroupMetadata(attributes={})), exclusive=True)
+        atomic_put(target, _doc(GroupMetadata(attributes={})), exclusive=True)

@@ -32,9 +32,10 @@ import shutil
 from typing import Any
 
 import zarr
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
+from zarr.buffer import default_buffer_prototype
 from zarr.storage import LocalStore
+
+from .zarr_internals import sync
 
 STAGED, ASIDE = ".staged", ".aside"
 _JSON = "zarr.json"

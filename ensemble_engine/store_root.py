@@ -12,10 +12,8 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr import AsyncArray, AsyncGroup
 from zarr.codecs import Crc32cCodec
-from zarr.core.array import AsyncArray
-from zarr.core.group import AsyncGroup
-from zarr.core.sync import sync
 
 from .errors import AlignmentError, StoreError
 from .holdout import HoldoutRecord
@@ -29,6 +27,7 @@ from .records import (
     split_fingerprint,
     valid_name,
 )
+from .zarr_internals import async_group, sync
 
 _REBUILD = "rebuild the store with `ee store init`"
 
@@ -225,7 +224,7 @@ class StoreRoot:
         what = f"split {name}"
         with self._reading(what, _REBUILD):
             g, arrays, labels = (
-                sync(_split_nodes(self.group._async_group, name, read_labels))
+                sync(_split_nodes(async_group(self.group), name, read_labels))
                 if valid_name(name)
                 else (None, [None, None], None)
             )

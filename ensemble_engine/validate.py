@@ -20,7 +20,6 @@ from typing import Any
 import jsonschema
 import numpy as np
 import zarr
-from zarr.core.sync import sync
 
 from .chunk_files import DamagedChunk
 from .chunks import RowChunks
@@ -28,6 +27,7 @@ from .errors import StoreError
 from .schemas import load_schema
 from .staging import leftover_of
 from .store import FORMAT, VERSION, check_name, split_fingerprint
+from .zarr_internals import sync
 
 _REDO = "re-create the prediction: re-import it, or re-run what wrote it with --force"
 _REBUILD = "rebuild the store with `ee store init`"
