@@ -88,12 +88,12 @@ def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
 
 def has_fused_kernels(model: nn.Module) -> bool:
     """Whether torch has fused optimiser kernels for the device of ``model``'s parameters."""
-    try:  # the list torch's optimisers check ``fused=True`` against
-        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    try:  # the list torch's optimisers check ``fused=True`` against (a private torch name)
+        from .torch_internals import fused_kernel_devices
     except ImportError:
         return False
     devices = {p.device.type for p in model.parameters()}
-    return len(devices) == 1 and devices <= set(_get_fused_kernels_supported_devices())
+    return len(devices) == 1 and devices <= set(fused_kernel_devices())
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
