@@ -30,7 +30,8 @@ LOSSES = ("ce", "taylor_ce")
 SIZES = (224, 320)
 N = 120
 NODES = ("soft_224", "soft_320", "stage2", "final")
-FIGURES = ("fig-producers", "fig-agreement", "fig-coverage", "fig-fusion")
+FIGURES = ("fig-producers", "fig-agreement", "fig-coverage", "fig-fusion", "fig-frontier")
+GFLOPS = {"resnet18": 1.8, "mobilenetv3": 0.2}  # per image at 224 px, × (size / 224)²
 
 
 def producers(size: int) -> list[str]:
@@ -42,6 +43,23 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def gflops(name: str) -> float:
+    backbone, _, size = name.rsplit("-", 2)
+    return GFLOPS[backbone] * (int(size) / 224) ** 2
+
+
+def cost(names: list[str]) -> dict:
+    """A ``cost`` attr (issue 21) over producers ``names``."""
+    return {
+        "gflops": sum(gflops(n) for n in names),
+        "params": None,
+        "views": 1,
+        "images_per_s": None,
+        "device": None,
+        "members": sorted(names),
+    }
+
+
 def producer_meta(backbone: str, loss: str, size: int) -> dict:
     return {
         "backbone": backbone,
@@ -49,6 +67,7 @@ def producer_meta(backbone: str, loss: str, size: int) -> dict:
         "test_size": size,
         "tta": "identity",
         "source": {"type": "producer", "plugin": "ee_timm"},
+        "cost": cost([f"{backbone}-{loss}-{size}"]),
     }
 
 
@@ -98,7 +117,7 @@ def build_store(path: Path) -> dict:
                 kind="probs",
                 scores=mean,
                 dtype="float32",
-                meta=combiner_meta("soft_vote", inputs),
+                meta={**combiner_meta("soft_vote", inputs), "cost": cost(inputs)},
             )
             arrays[(name, split)] = mean
         votes = sum(np.eye(len(CLASSES))[arrays[(f"soft_{s}", split)].argmax(1)] for s in SIZES)
@@ -110,7 +129,10 @@ def build_store(path: Path) -> dict:
             kind="labels",
             labels=stage2,
             votes=votes,
-            meta=combiner_meta("hard_vote", ["soft_224", "soft_320"]),
+            meta={
+                **combiner_meta("hard_vote", ["soft_224", "soft_320"]),
+                "cost": cost(producers(224) + producers(320)),
+            },
         )
         arrays[("stage2", split)] = stage2
         # specialist over c1, c2 + __other__: right on 90% of its rows
@@ -230,12 +252,12 @@ def test_cli_prints_path_and_summary(built, page):
     assert lines[0] == str(out)
     score, best = max((top1(arrays, labels, n, "val"), n) for n in NODES)
     assert lines[1] == (
-        f"26 predictions (18 producer, 8 combiner), 4 figures; best {best} top-1 {score:.4f} on val"
+        f"26 predictions (18 producer, 8 combiner), 5 figures; best {best} top-1 {score:.4f} on val"
     )
     assert [p.name for p in out.parent.iterdir()] == ["report.html"]  # no temp file left
 
 
-def test_four_embedded_png_figures_and_nothing_external(page):
+def test_embedded_png_figures_and_nothing_external(page):
     _, text, parsed, _ = page
     assert set(parsed.images) == set(FIGURES)
     for src in parsed.images.values():
@@ -253,6 +275,29 @@ def test_metrics_table_matches_independent_top1(built, page):
         want = top1(truth["arrays"], truth["labels"], name, split)
         assert rows[(name, split)]["top-1"] == f"{want:.4f}", (name, split)
     assert rows[("cov-a", "val")]["classes"] == "subset of 3"
+
+
+def test_frontier_table_matches_independent_pareto(built, page):
+    """Every full-class prediction with a cost, on val; marked where none is at least as
+    accurate at no more cost and better in one (final, the coverage node, has no cost)."""
+    arrays, labels = built[1]["arrays"], built[1]["labels"]
+    costs = {n: gflops(n) for s in SIZES for n in producers(s)}
+    costs |= {f"soft_{s}": sum(gflops(n) for n in producers(s)) for s in SIZES}
+    costs["stage2"] = costs["soft_224"] + costs["soft_320"]
+    acc = {n: top1(arrays, labels, n, "val") for n in costs}
+    rows = rows_by(page[2].tables["frontier"], "prediction")
+    assert set(rows) == {(n,) for n in costs}
+    for name, c in costs.items():
+        row = rows[(name,)]
+        assert float(row["top-1"]) == pytest.approx(acc[name], abs=5e-5)
+        assert float(row["GFLOPs"]) == pytest.approx(c, rel=1e-3)
+        beaten = any(
+            acc[o] >= acc[name] and costs[o] <= c and (acc[o] > acc[name] or costs[o] < c)
+            for o in costs
+        )
+        assert row["on the frontier"] == ("" if beaten else "yes"), name
+    assert sum(r["on the frontier"] == "yes" for r in rows.values()) >= 2
+    assert "cost unknown: final" in page[1]
 
 
 def test_node_table_scores_and_gains(built, page):
@@ -445,9 +490,22 @@ def test_store_without_labels_or_combiners(tmp_path):
             meta=producer_meta("resnet18", "ce", size),
         )
     report = build_report(open_store(tmp_path / "s.zarr", "r"))
-    assert report.figures == ["fig-producers", "fig-agreement"]
+    assert report.figures == ["fig-producers", "fig-agreement", "fig-frontier"]
     assert "no coverage output on val in this store" in report.html
     assert "no combiner outputs in this store" in report.html
+
+    # without cost facts: no frontier, and the predictions named as of unknown cost
+    for size in SIZES:
+        meta = producer_meta("resnet18", "ce", size)
+        del meta["cost"]
+        scores_val = scores + size / 100 * np.eye(3)[y]
+        st.write_prediction(
+            f"m-{size}", "val", kind="logits", scores=scores_val, meta=meta, replace=True
+        )
+    report = build_report(open_store(tmp_path / "s.zarr", "r"))
+    assert report.figures == ["fig-producers", "fig-agreement"]
+    assert "no prediction on val has a known cost" in report.html
+    assert "cost unknown: m-224, m-320" in report.html
 
 
 def test_bar_values_are_producer_top1_by_group_and_size(built):
@@ -506,10 +564,12 @@ def test_page_renders_in_headless_chromium(page, tmp_path):
         [*common, "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=90
     )
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', dom.stdout)) == 4
+    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', dom.stdout)) == len(FIGURES)
     for figure_id in FIGURES:
         assert f'id="{figure_id}"' in dom.stdout
-    for table_id in ("weak-classes", "weak-confusion", "covered-results"):
+    for section_id in ("producers", "agreement", "coverage", "fusion", "frontier"):
+        assert f'<section id="{section_id}">' in dom.stdout
+    for table_id in ("weak-classes", "weak-confusion", "covered-results", "frontier"):
         assert f'<table id="{table_id}">' in dom.stdout
     console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert console == []

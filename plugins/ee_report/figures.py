@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 
 from .dag import Dag
 from .data import Agreement, CoverageView
+from .frontier import Frontier
 
 DPI = 110
 COLOURS = {"producer": "#d6e6f5", "group": "#d6e6f5", "combiner": "#fde2c4", "missing": "#e5e5e5"}
@@ -202,3 +203,37 @@ def dag_figure(dag: Dag) -> str:
     title = "fusion graph" + (f" {dag.title}" if dag.title else "") + f", top-1 on {dag.split}"
     ax.set_title(title, fontsize=10)
     return to_png_base64(fig, tight=False)
+
+
+def frontier_figure(frontier: Frontier, label_at_most: int = 40) -> str:
+    """Top-1 against GFLOPs per image (log axis): every point, the frontier joined as a step.
+
+    Points are labelled by name (the frontier's always, the others while there are few).
+    """
+    fig = Figure(figsize=(8.0, 5.0), layout="constrained")
+    ax = fig.subplots()
+    floor = min((p.gflops for p in frontier.points if p.gflops > 0), default=1.0) / 2
+    x = [max(p.gflops, floor) for p in frontier.points]  # a zero cost cannot sit on a log axis
+    y = [p.top1 for p in frontier.points]
+    on = [frontier.on_frontier(p) for p in frontier.points]
+    ax.scatter(x, y, s=22, color="#9bbbd9", label="prediction", zorder=2)
+    fx = [xi for xi, o in zip(x, on, strict=True) if o]
+    fy = [yi for yi, o in zip(y, on, strict=True) if o]
+    ax.plot(fx, fy, "-o", drawstyle="steps-post", color="#e8933a", label="frontier", zorder=3)
+    for xi, yi, o, p in zip(x, y, on, frontier.points, strict=True):
+        if o or len(frontier.points) <= label_at_most:
+            ax.annotate(
+                _short(p.name, 26),
+                (xi, yi),
+                xytext=(4, 3),
+                textcoords="offset points",
+                fontsize=7,
+                color="black" if o else "#555555",
+            )
+    ax.set_xscale("log")
+    ax.set_xlabel("GFLOPs per image (log scale)")
+    ax.set_ylabel(f"top-1 on {frontier.split}")
+    ax.set_title(f"accuracy–cost frontier on {frontier.split}", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower right")
+    return to_png_base64(fig)

@@ -28,6 +28,7 @@ from .data import (
     source_type,
     top1_of,
 )
+from .frontier import store_frontier
 
 AGREEMENT_CAP = 40
 AddFigure = Callable[[str, str, str], str]  # (id, base64 PNG, caption) → HTML
@@ -69,6 +70,7 @@ def build_report(
         page_html.section("agreement", "Model agreement", _agreement(data, add)),
         page_html.section("coverage", "Per-class accuracy and coverage", _coverage(data, add)),
         page_html.section("fusion", "Fusion graph", _fusion(data, spec, add)),
+        page_html.section("frontier", "Accuracy and cost", _frontier(data, add)),
         page_html.section(
             "predictions",
             "All predictions",
@@ -207,6 +209,40 @@ def _fusion(data: ReportData, spec: Any | None, add: AddFigure) -> list[str]:
             )
         )
     parts.append(page_html.node_table(data, dag))
+    return parts
+
+
+def _frontier(data: ReportData, add: AddFigure) -> list[str]:
+    if not data.splits:
+        return [page_html.note(NO_LABELS)]
+    result = store_frontier(data.store, data.splits[0], data.preds)
+    parts = []
+    if result.points:
+        parts += [
+            add(
+                "fig-frontier",
+                figures.frontier_figure(result),
+                f"top-1 on {result.split} against GFLOPs per image; the line joins the "
+                "predictions no other one beats at no more cost",
+            ),
+            page_html.table(
+                "frontier",
+                ["prediction", "top-1", "GFLOPs", "on the frontier"],
+                [
+                    [
+                        p.name,
+                        page_html.num(p.top1),
+                        f"{p.gflops:.4g}",
+                        "yes" * result.on_frontier(p),
+                    ]
+                    for p in result.points
+                ],
+            ),
+        ]
+    else:
+        parts.append(page_html.note(f"no prediction on {result.split} has a known cost"))
+    if result.unknown:
+        parts.append(page_html.note("cost unknown: " + ", ".join(result.unknown)))
     return parts
 
 
