@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..combiner import Combiner, InputChunk, InputSource, Output
+from ..cost import fused_cost
 from ..errors import GraphError, StoreError
 from ..prediction_io import PredictionWriter, chunk_rows_for
 from ..store import PredictionStore
@@ -89,6 +90,16 @@ class RunState:
 
     def source(self, ref: InputRef, split: str) -> StoreInput:
         return StoreInput(self.store, ref, split, self.attrs(ref.name, split))
+
+    def cost(self, pn: PlannedNode, split: str) -> dict[str, Any]:
+        """The ``cost`` attr of ``pn``'s output on ``split``: its inputs' members summed."""
+
+        def attrs_of(name: str) -> dict[str, Any] | None:
+            if (name, split) in self._attrs or self.store.exists(name, split):
+                return self.attrs(name, split)
+            return None
+
+        return fused_cost(pn.inputs, attrs_of)
 
 
 class RowReader:
@@ -211,7 +222,7 @@ def _write_split(run: RunState, pn: PlannedNode, combiner: Combiner, split: str)
                         pn.id,
                         split,
                         kind=out.kind,
-                        meta=lineage(plan, pn, combiner),
+                        meta=lineage(plan, pn, combiner, run.cost(pn, split)),
                         dtype="float32",
                         replace=True,
                         chunk_rows=step,
@@ -252,8 +263,10 @@ def _check_output(pn: PlannedNode, out: Output, rows: slice) -> None:
         )
 
 
-def lineage(plan: Plan, pn: PlannedNode, combiner: Combiner) -> dict[str, Any]:
-    """The attrs that say how a node output was made."""
+def lineage(
+    plan: Plan, pn: PlannedNode, combiner: Combiner, cost: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The attrs that say how a node output was made (and, given, what it costs per image)."""
     meta = {
         "source": {
             "type": "combiner",
@@ -271,6 +284,8 @@ def lineage(plan: Plan, pn: PlannedNode, combiner: Combiner) -> dict[str, Any]:
     }
     if pn.binding:
         meta["foreach"] = dict(pn.binding)
+    if cost is not None:
+        meta["cost"] = cost
     return meta
 
 
