@@ -17,7 +17,8 @@ Predictions are named ``<name>-s<size>`` (split separate, as the store names the
 ``name`` is ``[cov-]<backbone>-<loss>[-seed<N>]``: ``cov-`` marks a specialist (the seed graph
 selects specialists by ``cov-*``), a seed other than 0 is named so that seeds of one recipe sit
 side by side. The producer facts (``backbone``, ``loss``, ``seed``, ``recipe``, ``run``,
-``source``, ``subset``) are written with each; ``ee_tta`` adds ``test_size``, ``tta``, ``merge``.
+``source``, ``subset``) are written with each; ``ee_tta`` adds ``test_size``, ``tta``, ``merge``
+and ``cost``, whose FLOPs per image this plugin counts (``flops``) once per test size.
 """
 
 from __future__ import annotations
@@ -284,6 +285,7 @@ def predict_run(
     from ee_tta import predict_sizes
 
     from .builders import resolve_device
+    from .flops import forward_gflops
 
     recipe = recipe or run.recipe
     classes = check_classes(run, source)
@@ -292,8 +294,9 @@ def predict_run(
     name = name or base_name(recipe)
     if not replace:
         check_names_free(store, name, recipe.test_sizes, splits)
+    model = run.model()
     return predict_sizes(
-        run.model(),
+        model,
         source,
         splits,
         list(recipe.test_sizes),
@@ -315,4 +318,5 @@ def predict_run(
         keep_views=keep_views,
         classes=classes,
         group=group,
+        gflops=forward_gflops(model, recipe.test_sizes),
     )

@@ -38,6 +38,7 @@ from ensemble_engine import (
     write_sharded,
 )
 
+from .cost import SizeCosts
 from .evaldata import EvalConfig, SharedBatches, check_test_size, eval_config
 from .merge import DEFAULT_MERGE, merge_kind
 from .streaming import (
@@ -80,7 +81,9 @@ class PredictOptions:
     ``crop_pct``/``interpolation``/``mean``/``std`` (default: the model's own, see
     ``evaldata.eval_config``), loader ``workers``, the views' random ``seed``, extra ``meta`` for
     the prediction, ``replace`` an existing one, ``keep_views`` (each view's own logits too),
-    ``classes`` (the model's class space where it is not the store's), stored ``dtype``.
+    ``classes`` (the model's class space where it is not the store's), stored ``dtype``,
+    ``gflops`` (test size → forward GFLOPs per image and view, counted by the caller; a size
+    not given records ``gflops: null``, a cost unknown; see ``cost``).
     """
 
     merge: str = DEFAULT_MERGE
@@ -97,6 +100,7 @@ class PredictOptions:
     keep_views: bool = False
     classes: Sequence[str] | None = None
     dtype: str = "float16"
+    gflops: Mapping[int, float] | None = None
 
 
 def predict_split(
@@ -118,7 +122,7 @@ def predict_split(
     ``samples`` must be the split's images in the order the store registered them. ``options``
     are ``PredictOptions``' fields (an unknown one is a TypeError). The prediction's metadata is
     ``meta`` plus ``test_size``, ``tta`` (view labels), ``merge``, ``tta_seed``, ``batch_size``,
-    ``crop_pct`` and ``interpolation``.
+    ``crop_pct``, ``interpolation`` and ``cost`` (see ``cost``).
 
     With a ``group`` of several processes (torchrun's ranks, each with its own device), every
     rank calls this with the same arguments and predicts its own whole chunks of rows, chunks
@@ -225,6 +229,8 @@ def _predict_split_sizes(
     n_classes = len(classes) if classes is not None else len(store.classes)
     dev = _device(o)
 
+    kept = list(built) if o.keep_views else []
+    costs = SizeCosts(model, names, kept, o.gflops, dev, views=len(built))
     facts = {
         size: {
             **dict(o.meta or {}),
@@ -234,10 +240,10 @@ def _predict_split_sizes(
             "batch_size": batch_size,
             "crop_pct": cfg.crop_pct,
             "interpolation": cfg.interpolation,
+            "cost": costs.cost(size),
         }
         for size in sizes
     }
-    kept = list(built) if o.keep_views else []
     writing: dict[str, Any] = {"classes": classes, "dtype": dtype, "replace": o.replace}
     batches = SplitBatches(
         model, samples, per_image, built, merge=merge, kept=kept,
@@ -269,7 +275,8 @@ def _predict_split_sizes(
             for writer in writers.values():
                 stack.enter_context(writer)
             emit = partial(write_batch, writers, sizes, kept, False)
-            batches.run(range(len(samples)), console, progress, label, emit, loaded)
+            seconds = batches.run(range(len(samples)), console, progress, label, emit, loaded)
+            costs.measured(writers, len(samples), seconds)
         written = [writer.id for writer in writers.values()]
     per_size = len(written) // len(sizes)  # the writers come size by size
     return {size: written[i * per_size : (i + 1) * per_size] for i, size in enumerate(sizes)}

@@ -17,6 +17,7 @@ batch until the GPU caught up, and leave the GPU idle while the host writes and 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ import torch
 
 from ensemble_engine import RecipeError, Sample, check_name
 
+from .cost import view_cost
 from .evaldata import size_batches
 from .merge import merge_views
 from .views import View, view_generator
@@ -123,10 +125,12 @@ class SplitBatches:
         label: str,
         emit: Emit,
         loaded: Iterator[list[torch.Tensor]] | None = None,
-    ) -> None:
+    ) -> list[float]:
         """``emit(first row, size index, blocks)`` for each batch of ``rows`` at each size, in
         order; ``blocks`` [1 + kept, B, K] float32 are the merged scores, then each kept view's
-        logits. ``rows`` start on a batch: batch ``i`` of the split holds rows
+        logits; returns the seconds the forward passes (every view, merged) took at each size:
+        wall time on the CPU, CUDA events' time on a GPU (measured without a wait). ``rows``
+        start on a batch: batch ``i`` of the split holds rows
         ``i * batch_size`` on, whoever predicts it. ``loaded`` gives the batches of ``rows``
         from a loader shared with other splits (``evaldata.SharedBatches``); by default the
         rows are read here."""
@@ -143,12 +147,14 @@ class SplitBatches:
             )  # fmt: skip
         on_host = _HostBlocks(emit, lag=1 if cuda else 0)
         view_index = {label: i for i, label in enumerate(self.views)}
+        clock = _ForwardClock(len(self.transforms), cuda)
         with contextlib.ExitStack() as stack, torch.inference_mode():
             bars = progress if progress is not None else stack.enter_context(progress_bar(console))
             task = None if bars is None else bars.add_task(label, total=len(rows))
             first_batch = rows.start // self.batch_size  # batches counted from the split's start
             for batch_index, per_size in enumerate(loaded, start=first_batch):
                 for size_index, images in enumerate(per_size):
+                    started = clock.start()
                     outputs = forward_views(
                         self.model, images, self.views, seed=self.seed,
                         keys=(self.split, batch_index), amp=cuda, channels_last=cuda,
@@ -161,10 +167,44 @@ class SplitBatches:
                         )
                     kept = [outputs[view_index[label]] for label in self.kept]
                     blocks = torch.stack([merge_views(outputs, self.merge), *kept])
+                    clock.stop(size_index, started)
                     on_host.add(batch_index * self.batch_size, size_index, blocks)
                 if bars is not None:
                     bars.advance(task, len(per_size[0]))
             on_host.flush()
+        return clock.seconds()
+
+
+class _ForwardClock:
+    """Seconds spent in forward passes, by test size: ``perf_counter`` on the CPU (whose work
+    is done when the call returns), a pair of CUDA events per batch on a GPU, read at the end."""
+
+    def __init__(self, sizes: int, cuda: bool) -> None:
+        self.cuda = cuda
+        self.wall = [0.0] * sizes
+        self.events: list[tuple[int, Any, Any]] = []
+
+    def start(self) -> Any:
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def stop(self, size_index: int, started: Any) -> None:
+        if not self.cuda:
+            self.wall[size_index] += time.perf_counter() - started
+            return
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        self.events.append((size_index, started, event))
+
+    def seconds(self) -> list[float]:
+        out = list(self.wall)
+        for size_index, started, ended in self.events:
+            ended.synchronize()
+            out[size_index] += started.elapsed_time(ended) / 1000.0
+        return out
 
 
 class _HostBlocks:
@@ -243,12 +283,12 @@ def open_writers(
                 name, split, kind=kind, meta={**facts[size], "merge": merge}, **options
             )
             for label in kept:
+                view_name = view_prediction_name(name, label)
+                meta = {**facts[size], "tta": [label], "view": label}
+                if "cost" in meta:
+                    meta["cost"] = view_cost(meta["cost"], view_name, len(facts[size]["tta"]))
                 writers[size, label] = store.prediction_writer(
-                    view_prediction_name(name, label),
-                    split,
-                    kind="logits",
-                    meta={**facts[size], "tta": [label], "view": label},
-                    **options,
+                    view_name, split, kind="logits", meta=meta, **options
                 )
     except BaseException:
         for writer in writers.values():
