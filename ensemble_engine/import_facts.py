@@ -11,6 +11,11 @@ whole number. A ``loss`` that is a registered loss or alias is recorded under it
 name (``taylor`` -> ``taylor_ce``), as ``ee produce`` records it, so one ``where`` finds both.
 Keys the store format or ee itself writes are refused (``RESERVED``).
 
+The cost facts ``gflops`` (a number >= 0), ``params`` (a whole number >= 0), ``images_per_s``
+(a number > 0) and ``views`` (a whole number >= 1, default 1) are not kept as facts of their own
+but folded into the ``cost`` attr (``import_cost``, schemas/README.md "Cost"); an import given
+none of them has no ``cost``: its cost is unknown, never zero.
+
 A class list names a specialist's class space: one store class id per line, optionally ending
 with ``__other__`` (every class not listed).
 """
@@ -25,6 +30,7 @@ from typing import Any
 import yaml
 
 from .combiner import OTHER
+from .cost import COST_FACTS
 from .errors import StoreError
 from .strict_yaml import load_yaml
 
@@ -42,6 +48,7 @@ RESERVED = {
         "combiners write it",
     ),
     **dict.fromkeys(("recipe", "subset"), "producers write it as a mapping"),
+    "cost": "ee writes it from --fact gflops=, params=, images_per_s=, views=",
     "view": "it marks one test-time view, which `where` skips",
     "name": "`where` reads name as the prediction's name",
 }
@@ -50,9 +57,13 @@ _RESERVED_FIX = {
     "name": "the name is --id",
     "tta": "import the views as an .npz to record them",
     "merge": "import the views as an .npz and choose --merge",
+    "cost": "give --fact gflops=4.1 --fact params=25557032 --fact images_per_s=800",
 }
 TEXT_FACTS = ("backbone", "loss", "run")  # text, as ee produce writes them
-WHOLE_FACTS = {"test_size": (1, 224), "seed": (None, 0)}  # whole numbers: (minimum, example)
+# whole numbers: (minimum, example)
+WHOLE_FACTS = {"test_size": (1, 224), "seed": (None, 0), "params": (0, 25557032), "views": (1, 4)}
+# numbers folded into ``cost``: (minimum, whether the minimum itself is refused, example)
+NUMBER_FACTS = {"gflops": (0.0, False, 4.1), "images_per_s": (0.0, True, 800)}
 
 
 def parse_facts(items: tuple[str, ...] | list[str]) -> tuple[dict[str, Any], list[str]]:
@@ -112,18 +123,53 @@ def _value(key: str, raw: str, item: str) -> Any:
         return value if isinstance(value, str) else raw
     if key in WHOLE_FACTS:
         low, example = WHOLE_FACTS[key]
-        if isinstance(value, bool) or not isinstance(value, int) or (low and value < low):
-            at_least = f" >= {low}" if low else ""
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or (low is not None and value < low)
+        ):
+            at_least = f" >= {low}" if low is not None else ""
             raise StoreError(
                 f"--fact {item!r}: {key} is a whole number{at_least}, as `ee produce` records "
                 f"it; write e.g. --fact {key}={example}"
             )
         return value
+    if key in NUMBER_FACTS:
+        return _number(key, value, item)
     if isinstance(value, float) and not math.isfinite(value):
         raise StoreError(f"--fact {item!r}: {value} is not a finite number; give a finite number")
     if isinstance(value, (str, int, float, bool)):
         return value
     return raw  # a YAML date or timestamp: kept as written
+
+
+def _number(key: str, value: Any, item: str) -> float:
+    low, strict, example = NUMBER_FACTS[key]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value < low or (strict and value == low):
+        bound = f"> {low:g}" if strict else f">= {low:g}"
+        raise StoreError(
+            f"--fact {item!r}: {key} is a finite number {bound}, as `ee produce` records it; "
+            f"write e.g. --fact {key}={example}"
+        )
+    return float(value)
+
+
+def import_cost(facts: dict[str, Any], name: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``facts`` without the cost facts, and the ``cost`` attr they make for prediction ``name``
+    (None where none is given: the import's cost is unknown)."""
+    rest = {k: v for k, v in facts.items() if k not in COST_FACTS}
+    if len(rest) == len(facts):
+        return rest, None
+    cost = {
+        "gflops": facts.get("gflops"),
+        "params": facts.get("params"),
+        "views": facts.get("views", 1),
+        "images_per_s": facts.get("images_per_s"),
+        "device": None,
+        "members": [name],
+    }
+    return rest, cost
 
 
 def _loss_name(name: str) -> str:

@@ -528,9 +528,57 @@ ISSUE_16_IMPORT_CASES = [
     ),
 ]
 
+# --- issue 21, item 1: cost facts of an import (--fact gflops=, params=, images_per_s=, views=) -
+
+ISSUE_21_COST_CASES = [
+    *(
+        fact_case(
+            f"gflops={value}",
+            (f"gflops={value}",),
+            "gflops is a finite number >= 0, as `ee produce` records it",
+            "write e.g. --fact gflops=4.1",
+        )
+        for value in ("-1", "-0.5", "fast", "true", "'4.1'", ".inf")
+    ),
+    *(
+        fact_case(
+            f"images_per_s={value}",
+            (f"images_per_s={value}",),
+            "images_per_s is a finite number > 0, as `ee produce` records it",
+            "write e.g. --fact images_per_s=800",
+        )
+        for value in ("0", "-800", "quick", ".nan")
+    ),
+    *(
+        fact_case(
+            f"params={value}",
+            (f"params={value}",),
+            "params is a whole number >= 0, as `ee produce` records it",
+            "write e.g. --fact params=25557032",
+        )
+        for value in ("-1", "25.5M", "2.5e7", "many")
+    ),
+    *(
+        fact_case(
+            f"views={value}",
+            ("gflops=4.1", f"views={value}"),
+            "views is a whole number >= 1, as `ee produce` records it",
+            "write e.g. --fact views=4",
+        )
+        for value in ("0", "-2", "two")
+    ),
+    fact_case(
+        "reserved key cost",
+        ("cost=4.1",),
+        "'cost' is reserved by the store format (ee writes it from --fact gflops=",
+        "give --fact gflops=4.1 --fact params=25557032 --fact images_per_s=800",
+    ),
+]
+
 
 CASES = [
     *ISSUE_16_IMPORT_CASES,
+    *ISSUE_21_COST_CASES,
     # --- damaged or foreign stores --------------------------------------------------------
     Case(
         "store: newer format version",

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import StoreError
-from ..import_facts import parse_facts, read_class_list
+from ..import_facts import import_cost, parse_facts, read_class_list
 from ..readers import (
     VIEW_MERGES,
     align_rows,
@@ -54,7 +54,8 @@ from ..store import open_store
     multiple=True,
     metavar="KEY=VALUE",
     help="Record a fact a graph's where: selects on (repeatable), e.g. loss=ce, test_size=224; "
-    "the value is read as a YAML scalar.",
+    "the value is read as a YAML scalar. gflops=, params=, images_per_s= and views= record "
+    "the inference cost per image (the cost attr); without them the cost is unknown.",
 )
 @click.option(
     "--classes",
@@ -111,15 +112,18 @@ def import_command(
     st = open_store(store, "a")
     sp = st.split(split)
     fact_values, notes = parse_facts(facts)
+    kept_facts, cost = import_cost(fact_values, name)
     classes = read_class_list(classes_file, st.classes) if classes_file else None
     k = len(classes or st.classes)
     space = f"{classes_file.name}'s" if classes_file else "the store's"
     params: dict = {"file": file.name}
-    if fact_values:
-        params["facts"] = list(fact_values)  # which attrs the user gave, for readers and ls
+    if kept_facts:
+        params["facts"] = list(kept_facts)  # which attrs the user gave, for readers and ls
     if classes_file:
         params["classes_file"] = classes_file.name
-    meta = {**fact_values, "source": {"type": "import", "plugin": "ee", "params": params}}
+    meta = {**kept_facts, "source": {"type": "import", "plugin": "ee", "params": params}}
+    if cost is not None:
+        meta["cost"] = cost  # from --fact gflops=, params=, images_per_s=, views=
     if file.suffix.lower() == ".npy":
         data = read_npy(file)
         if data.ndim == 1:
