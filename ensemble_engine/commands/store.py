@@ -28,6 +28,7 @@ def prediction_row(pred: Prediction) -> dict:
         "source": {k: source.get(k) for k in ("type", "plugin") if k in source},
         "facts": {k: pred.attrs[k] for k in _fact_keys(pred) if k in pred.attrs},
         "metrics": pred.metrics,
+        "cost": pred.attrs.get("cost"),  # None: cost unknown (schemas/README.md, "Cost")
         **({"covered": covered} if (covered := covered_top1(pred)) else {}),
     }
 
@@ -56,14 +57,19 @@ def _fmt(value: float | None) -> str:
 # The table's columns in display order, and the order in which they are kept when the terminal
 # is too narrow for all of them: the id and top-1 always, facts (folded onto several lines when
 # needed) before the rest. Rich would otherwise shrink every column to nothing at 80 columns.
-COLUMNS = ("id", "kind", "shape", "source", "facts", "top1", "top5", "nll")
-KEEP_ORDER = ("id", "top1", "facts", "kind", "top5", "nll", "source", "shape")
+COLUMNS = ("id", "kind", "shape", "source", "facts", "top1", "top5", "nll", "gflops")
+KEEP_ORDER = ("id", "top1", "facts", "kind", "top5", "nll", "gflops", "source", "shape")
+HEADERS = {"gflops": "GFLOPs"}  # a column's header where it is not its name
+NUMERIC = ("top1", "top5", "nll", "gflops")
 FACTS_MIN_WIDTH = 16
 
 
 def _cell(row: dict, column: str) -> str:
     if column in ("top1", "top5", "nll"):
         return _fmt(row["metrics"].get(column))
+    if column == "gflops":  # per image, every view; "?": cost unknown
+        gflops = (row.get("cost") or {}).get("gflops")
+        return "?" if gflops is None else f"{gflops:.4g}"
     if column == "shape":
         return "×".join(map(str, row["shape"]))
     if column == "source":
@@ -81,14 +87,14 @@ def _fact(value: object) -> str:
 
 
 def _natural(cells: dict[str, list[str]], column: str) -> int:
-    return max([len(column), *(len(c) for c in cells[column])])
+    return max([len(HEADERS.get(column, column)), *(len(c) for c in cells[column])])
 
 
 def fitting_columns(cells: dict[str, list[str]], width: int) -> list[str]:
     """The columns that fit ``width`` (each takes its widest cell plus 3 for padding and rule),
     kept in ``KEEP_ORDER``; facts fold down to ``FACTS_MIN_WIDTH``. Display order is kept."""
     used, kept = 1, set()  # the table's left rule
-    for column in KEEP_ORDER:
+    for column in (c for c in KEEP_ORDER if c in cells):
         need = _natural(cells, column)
         if column == "facts":
             need = min(need, FACTS_MIN_WIDTH)
@@ -134,10 +140,9 @@ def ls_command(store: str, split: str | None, pattern: str, as_json: bool) -> No
         else None,
     )
     for column in shown:
-        numeric = column in ("top1", "top5", "nll")
         table.add_column(
-            column,
-            justify="right" if numeric else "left",
+            HEADERS.get(column, column),
+            justify="right" if column in NUMERIC else "left",
             no_wrap=column != "facts",
             overflow="fold",
             min_width=min(FACTS_MIN_WIDTH, _natural(cells, column)) if column == "facts" else None,
