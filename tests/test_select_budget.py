@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from ee_fusion.budget import Budget, CostModel, fold_ids, input_cost
 from ee_fusion.selection import Select, ensemble_selection
+from ee_fusion.voting import SoftVote
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -292,3 +293,51 @@ def test_budgeted_select_in_a_graph(tmp_path):
     assert result.state["cost"]["gflops"] == 4.0
     assert result.metrics["test"]["top1"] == 1.0
     assert result.metrics["test"]["top1"] >= store.get("big", "test").metrics["top1"]
+
+
+# --- soft_vote over a pool under a budget -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("params", "weights"),
+    [
+        ({"budget": {"gflops": 10}}, {"big": 1.0, "cheap1": 0.0, "cheap2": 0.0, "oracle": 0.0}),
+        (
+            {"budget": {"gflops": 10}, "strategy": "gain_per_cost"},
+            {"big": 0.0, "cheap1": 1.0, "cheap2": 1.0, "oracle": 0.0},
+        ),
+        (
+            {"budget": {"gflops": 4}, "weights": {"cheap1": 3.0, "*": 1.0}},
+            {"big": 0.0, "cheap1": 3.0, "cheap2": 1.0, "oracle": 0.0},
+        ),
+    ],
+)
+def test_soft_vote_chooses_its_pool_within_the_budget(params, weights):
+    y, srcs = inputs()
+    comb = SoftVote(params, classes=CLASSES)
+    assert comb.needs_fit
+    comb.fit(srcs, y)
+    state = comb.state()
+    assert state["weights"] == weights
+    assert state["refused"] == ["oracle"]
+    chosen = sorted(k for k, w in weights.items() if w > 0)
+    assert state["chosen"] == chosen and state["cost"]["members"] == chosen
+    assert state["cost"]["gflops"] <= params["budget"]["gflops"]
+    chunks = {"inputs": [s.chunk(slice(0, len(y))) for s in srcs["inputs"]]}
+    got = comb.apply(chunks, slice(0, len(y)), on_fit_split=False).scores
+    probs = {s.id: s.data for s in srcs["inputs"]}
+    want = sum(w * probs[k] for k, w in weights.items()) / sum(weights.values())
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_soft_vote_softmax_score_over_the_chosen_only():
+    y, srcs = inputs()
+    params = {"weights": "softmax_score", "budget": {"gflops": 4}, "strategy": "gain_per_cost"}
+    comb = SoftVote(params, classes=CLASSES)
+    comb.fit(srcs, y)
+    assert set(comb.state()["weights"]) == {"cheap1", "cheap2"}
+    chunks = {"inputs": [s.chunk(slice(0, len(y))) for s in srcs["inputs"]]}
+    got = comb.apply(chunks, slice(0, len(y)), on_fit_split=False).scores
+    assert (got.argmax(axis=1) == y).mean() == 1.0
+    with pytest.raises(GraphError, match="budget: unknown key 'cost'"):
+        SoftVote({"budget": {"cost": 1}}, classes=CLASSES)

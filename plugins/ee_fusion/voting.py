@@ -9,6 +9,7 @@ import numpy as np
 
 from ensemble_engine import Combiner, GraphError, InputChunk, InputSource, Output, Role
 
+from .budget import BUDGET_SCHEMA, check_budget
 from .common import (
     WEIGHTS_SCHEMA,
     check_classes,
@@ -67,8 +68,12 @@ class SoftVote(Combiner):
     where top1 is each input's top-1 accuracy on the fit split. Accuracies of good models sit
     close together, so the temperature matters: with scores 0.6 and 0.7 and temperature 1 the
     weights are 0.475 and 0.525, nearly uniform; a temperature of 0.01 makes them 4.5e-5 and
-    ~1.0, close to picking the best input. Only "softmax_score" needs a fit: ``needs_fit`` is
-    True on the class (it may need one) and exact on an instance.
+    ~1.0, close to picking the best input. Only "softmax_score" and a budget need a fit:
+    ``needs_fit`` is True on the class (it may need one) and exact on an instance.
+
+    ``budget`` (``{gflops: X}`` or ``{images_per_s: Y}``, with ``strategy`` as in ``select``)
+    first chooses the pool's members within it by greedy selection on the fit split (in
+    sample), then weighs the chosen ones by ``weights``; the others get weight 0.
     """
 
     roles = (Role("inputs", kinds=("logits", "probs"), doc="predictions over the store's classes"),)
@@ -80,6 +85,8 @@ class SoftVote(Combiner):
                 "default": "uniform",
             },
             "temperature": {"type": "number", "exclusiveMinimum": 0, "default": 1.0},
+            "budget": {**BUDGET_SCHEMA, "default": None, "type": ["object", "null"]},
+            "strategy": {"enum": ["greedy", "gain_per_cost"], "default": "greedy"},
         },
     }
     needs_fit = True
@@ -88,13 +95,25 @@ class SoftVote(Combiner):
 
     def __init__(self, params: dict[str, Any] | None = None, classes: list[str] | None = None):
         super().__init__(params, classes)
-        self.needs_fit = self.params["weights"] == "softmax_score"  # type: ignore[misc]
+        budgeted = self.params["budget"] is not None
+        self.needs_fit = self.params["weights"] == "softmax_score" or budgeted  # type: ignore[misc]
+        self.members: set[str] | None = None  # the inputs chosen within the budget
+
+    @classmethod
+    def validate_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        check_budget(params.get("budget"))
+        return super().validate_params(params)
 
     def fit(self, inputs: dict[str, list[InputSource]], labels: np.ndarray) -> None:
         sources = role_inputs(inputs, "inputs", "soft_vote")
         check_classes(sources, self.classes, "soft_vote")
+        chosen: dict[str, Any] = {}
+        if self.params["budget"] is not None:
+            chosen = self._choose(inputs, labels)
+            sources = [s for s in sources if s.id in chosen["chosen"]]
         if self.params["weights"] != "softmax_score":
-            self._weights(_ids(sources))
+            self.fitted_state = dict(chosen)
+            self._weights(_ids(role_inputs(inputs, "inputs", "soft_vote")))
             return
         labels = check_labels(labels, len(self.classes), "soft_vote")
         scores = [top1_accuracy(src, labels) for src in sources]
@@ -103,20 +122,42 @@ class SoftVote(Combiner):
         self.fitted_state = {
             "weights": dict(zip(ids, map(float, weights), strict=True)),
             "scores": dict(zip(ids, scores, strict=True)),
+            **chosen,
         }
+
+    def _choose(self, inputs: dict[str, list[InputSource]], labels: np.ndarray) -> dict[str, Any]:
+        """The pool members within the budget, chosen by ``select`` in sample, and their cost."""
+        from .selection import Select
+
+        p = {"budget": self.params["budget"], "strategy": self.params["strategy"], "folds": 0}
+        selection = Select(p, classes=self.classes)
+        selection.fit(inputs, labels)
+        state = selection.state()
+        self.members = set(state["chosen"])
+        keep = ("chosen", "cost", "budget", "strategy", "refused")
+        return {**{k: state[k] for k in keep}, "chosen": sorted(state["chosen"])}
 
     def _weights(self, ids: list[str]) -> list[float]:
         if self.params["weights"] == "softmax_score":
             fitted = self.fitted_state.get("weights")
             if fitted is None:
                 raise GraphError("soft_vote with weights softmax_score must be fitted first")
-            missing = [i for i in ids if i not in fitted]
+            missing = [i for i in ids if i not in fitted and self._member(i)]
             if missing:
                 raise GraphError(f"soft_vote: inputs {missing} were not part of the fit; refit")
-            return [fitted[i] for i in ids]
+            return [fitted[i] if self._member(i) else 0.0 for i in ids]
         weights = resolve_weights(self.params["weights"], ids)
+        weights = np.where([self._member(i) for i in ids], weights, 0.0)
+        if weights.max() <= 0:
+            raise GraphError(
+                "soft_vote: weights give every input chosen within the budget weight 0; "
+                "weigh the chosen ones or raise the budget"
+            )
         self.fitted_state.setdefault("weights", dict(zip(ids, map(float, weights), strict=True)))
         return list(weights)
+
+    def _member(self, input_id: str) -> bool:
+        return self.members is None or input_id in self.members
 
     def apply(self, inputs: dict[str, list[InputChunk]], rows: slice, on_fit_split: bool) -> Output:
         chunks = role_inputs(inputs, "inputs", "soft_vote")
