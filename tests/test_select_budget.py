@@ -10,6 +10,7 @@ import pytest
 from ee_fusion.budget import Budget, CostModel, fold_ids, input_cost
 from ee_fusion.selection import Select, ensemble_selection
 from ee_fusion.voting import SoftVote
+from ee_report.frontier import gflops_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -268,12 +269,17 @@ nodes:
   budgeted:
     combiner: select
     inputs: [big, cheap1, cheap2, oracle]
-    params: {size: 6, budget: {gflops: 10}, strategy: gain_per_cost}
+    params: {size: 6, budget: {gflops: 10}, strategy: STRATEGY}
 output: budgeted
 """
 
 
-def test_budgeted_select_in_a_graph(tmp_path):
+@pytest.mark.parametrize(
+    ("strategy", "chosen", "gflops", "top1"),
+    [("greedy", {"big": 1}, 10.0, 0.8), ("gain_per_cost", {"cheap1": 1, "cheap2": 1}, 4.0, 1.0)],
+)
+def test_budgeted_select_in_a_graph(tmp_path, strategy, chosen, gflops, top1):
+    """The budget is the best single model's cost: at least its accuracy, at most its cost."""
     st_ = open_store(tmp_path / "s.zarr", "w")
     st_.set_classes(CLASSES)
     y, ms = models(100)
@@ -285,14 +291,16 @@ def test_budgeted_select_in_a_graph(tmp_path):
             meta["cost"] = c
         for split in ("val", "test"):
             st_.write_prediction(name, split, kind="probs", scores=p, meta=meta)
-    (tmp_path / "g.yaml").write_text(GRAPH)
+    (tmp_path / "g.yaml").write_text(GRAPH.replace("STRATEGY", strategy))
     store = open_store(tmp_path / "s.zarr", "a")
     (result,) = execute(plan(load_graph(tmp_path / "g.yaml"), store), store)
-    assert result.state["chosen"] == {"cheap1": 1, "cheap2": 1}
+    assert result.state["chosen"] == chosen
     assert result.state["refused"] == ["oracle"] and result.state["folds"] == 5
-    assert result.state["cost"]["gflops"] == 4.0
-    assert result.metrics["test"]["top1"] == 1.0
+    assert result.state["cost"]["gflops"] == gflops <= 10.0
+    assert result.metrics["test"]["top1"] == top1
     assert result.metrics["test"]["top1"] >= store.get("big", "test").metrics["top1"]
+    # on the frontier at the cost of what it chose, whatever it read
+    assert gflops_of(store.get("budgeted", "test").attrs) == gflops
 
 
 # --- soft_vote over a pool under a budget -------------------------------------------------------
