@@ -152,17 +152,24 @@ def ensemble_selection(
     candidates: np.ndarray | None = None,
 ) -> np.ndarray:
     """Selection counts over ``candidates`` (default all inputs), or summed over ``bags`` seeded
-    bags of half of them. Under a budget each bag may add only what keeps the union of all
-    bags' picks within it (the inputs earlier bags chose are in already, at no cost)."""
+    bags of half of them. Under a budget a bag is half of the candidates that fit it alone, and
+    may add only what keeps the union of all bags' picks within it (the inputs earlier bags
+    chose are in already, at no cost)."""
     if bags == 0:
         return greedy_selection(probs, labels, size, metric, candidates, budget, strategy)
     rng = np.random.default_rng(seed)
     m = len(probs)
-    allowed = np.arange(m) if candidates is None else np.asarray(candidates)
+    pool = np.arange(m) if candidates is None else np.asarray(candidates, dtype=np.int64)
+    if budget is not None:
+        pool = np.array([i for i in pool if budget.fits([int(i)])], dtype=np.int64)
     counts = np.zeros(m, dtype=np.int64)
+    if len(pool) == 0:
+        return counts
     for _ in range(bags):
-        bag = np.sort(rng.choice(m, size=max(1, m // 2), replace=False))
-        bag = bag[np.isin(bag, allowed)]
+        if candidates is None and budget is None:
+            bag = np.sort(rng.choice(m, size=max(1, m // 2), replace=False))
+        else:
+            bag = np.sort(rng.choice(pool, size=max(1, len(pool) // 2), replace=False))
         chosen = np.flatnonzero(counts)
         counts += greedy_selection(probs, labels, size, metric, bag, budget, strategy, chosen)
     return counts
