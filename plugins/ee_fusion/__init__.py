@@ -48,7 +48,7 @@ def register_combiners(register: Register) -> None:
     register(
         "select",
         _target("Select"),
-        description="greedy ensemble selection with replacement (Caruana 2004)",
+        description="greedy ensemble selection with replacement (Caruana 2004), cost budget",
     )
     register(
         "coverage",
