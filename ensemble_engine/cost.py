@@ -22,26 +22,6 @@ from typing import Any
 COST_FACTS = ("gflops", "params", "images_per_s", "views")
 
 
-def make_cost(
-    name: str,
-    *,
-    gflops: float | None,
-    params: int | None,
-    views: int,
-    images_per_s: float | None = None,
-    device: str | None = None,
-) -> dict[str, Any]:
-    """The ``cost`` attr of one prediction that is its own only member."""
-    return {
-        "gflops": None if gflops is None else float(gflops),
-        "params": None if params is None else int(params),
-        "views": int(views),
-        "images_per_s": None if images_per_s is None else float(images_per_s),
-        "device": device,
-        "members": [name],
-    }
-
-
 def cost_known(cost: Any) -> bool:
     """Whether ``cost`` is a cost attr with a known ``gflops``."""
     return isinstance(cost, Mapping) and cost.get("gflops") is not None and not cost.get("unknown")
