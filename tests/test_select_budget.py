@@ -301,6 +301,10 @@ def test_budgeted_select_in_a_graph(tmp_path, strategy, chosen, gflops, top1):
     assert result.metrics["test"]["top1"] >= store.get("big", "test").metrics["top1"]
     # on the frontier at the cost of what it chose, whatever it read
     assert gflops_of(store.get("budgeted", "test").attrs) == gflops
+    # and its cost attr is what it chose, not every input it read (one of which has no cost)
+    cost = store.get("budgeted", "test").attrs["cost"]
+    assert cost["gflops"] == pytest.approx(gflops) and "unknown" not in cost
+    assert sorted(cost["members"]) == sorted(chosen)
 
 
 # --- soft_vote over a pool under a budget -------------------------------------------------------

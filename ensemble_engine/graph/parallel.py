@@ -143,7 +143,7 @@ class SplitPool:
             pn.id,
             split,
             kind=first.kind,
-            meta=runner.lineage(plan, pn, combiner, run.cost(pn, split)),
+            meta=runner.lineage(plan, pn, combiner, run.cost(pn, split, combiner)),
             dtype="float32",
             replace=True,
             chunk_rows=step,

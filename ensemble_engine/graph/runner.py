@@ -91,15 +91,23 @@ class RunState:
     def source(self, ref: InputRef, split: str) -> StoreInput:
         return StoreInput(self.store, ref, split, self.attrs(ref.name, split))
 
-    def cost(self, pn: PlannedNode, split: str) -> dict[str, Any]:
-        """The ``cost`` attr of ``pn``'s output on ``split``: its inputs' members summed."""
+    def cost(self, pn: PlannedNode, split: str, combiner: Combiner | None = None) -> dict[str, Any]:
+        """The ``cost`` attr of ``pn``'s output on ``split``: its inputs' members summed.
+
+        A combiner that reads only some of its inputs at apply time says which in its state's
+        ``chosen`` (``select``, a budgeted ``soft_vote``): its output costs those only.
+        """
 
         def attrs_of(name: str) -> dict[str, Any] | None:
             if (name, split) in self._attrs or self.store.exists(name, split):
                 return self.attrs(name, split)
             return None
 
-        return fused_cost(pn.inputs, attrs_of)
+        chosen = combiner.state().get("chosen") if combiner is not None else None
+        inputs = pn.inputs
+        if isinstance(chosen, dict):
+            inputs = [name for name in pn.inputs if chosen.get(name)]
+        return fused_cost(inputs, attrs_of)
 
 
 class RowReader:
@@ -222,7 +230,7 @@ def _write_split(run: RunState, pn: PlannedNode, combiner: Combiner, split: str)
                         pn.id,
                         split,
                         kind=out.kind,
-                        meta=lineage(plan, pn, combiner, run.cost(pn, split)),
+                        meta=lineage(plan, pn, combiner, run.cost(pn, split, combiner)),
                         dtype="float32",
                         replace=True,
                         chunk_rows=step,
