@@ -275,3 +275,93 @@ def test_weak_classes_fall_back_to_the_two_worst_as_the_command_does(tmp_path, r
                   "--min", "2")  # fmt: skip
     assert res.exit_code == 0, res.output
     assert res.stdout == "a\nb\n"
+
+
+# --- the budgeted selection and the frontier table ---------------------------------------------
+
+
+def _gflops(pred) -> float:
+    return float(pred.attrs["cost"]["gflops"])
+
+
+def _best_single_on_val(store) -> tuple[str, float]:
+    """The demo's producer prediction with the best val top-1 (the cheaper on a tie), by hand."""
+    names = [f"{j.name}-s{s}" for j in QUICK.producer_jobs() for s in QUICK.test_sizes]
+    scored = [(accuracy(store, n, "val"), _gflops(store.get(n, "val")), n) for n in names]
+    top1, gflops, name = min(scored, key=lambda t: (-t[0], t[1], t[2]))
+    return name, gflops
+
+
+@pytest.mark.slow
+def test_quick_demo_budget_is_the_best_single_cost_on_val(quick_demo):
+    import yaml
+
+    workdir, out = quick_demo
+    store = open_store(workdir / "ee.zarr", "r")
+    name, cost = _best_single_on_val(store)
+    assert f"best single on val: {name} (" in " ".join(out.split())
+    graph = yaml.safe_load((workdir / "graph.yaml").read_text())
+    assert graph["nodes"]["budgeted"]["params"]["budget"] == {"gflops": cost}
+    for split in ("val", "test"):
+        pred = store.get("budgeted", split)
+        assert pred.attrs["combiner"] == "select"
+        state = pred.attrs["state"]
+        assert state["budget"] == {"gflops": cost}
+        assert 0 < state["cost"]["gflops"] <= cost
+        assert _gflops(pred) == pytest.approx(state["cost"]["gflops"])
+        assert not any(m.startswith("cov-") for m in state["chosen"])
+    assert re.search(r"^ ?budgeted +select ", out, re.M)
+
+
+def _on_frontier(points: dict[str, tuple[float, float]], name: str) -> bool:
+    top1, gflops = points[name]
+    return not any(
+        t >= top1 and g <= gflops and (t > top1 or g < gflops) for t, g in points.values()
+    )
+
+
+@pytest.mark.slow
+def test_quick_demo_frontier_table_matches_the_store(quick_demo):
+    workdir, out = quick_demo
+    store = open_store(workdir / "ee.zarr", "r")
+    points = {
+        p.name: (accuracy(store, p.name, "test"), _gflops(p))
+        for p in store.list(split="test")
+        if store.classes_of(p) == store.classes and (p.attrs.get("cost") or {}).get("gflops")
+    }
+    assert f"$ ee frontier {workdir / 'ee.zarr'} --split test" in out
+    best, _ = _best_single_on_val(store)
+    rows = [("best single (val)", best), ("budgeted selection", "budgeted"),
+            ("stage 2, learned", "stacked"), ("coverage", "final")]  # fmt: skip
+    for role, name in rows:
+        row = re.search(rf"^ ?{re.escape(role)} +(\S+) +([\d.]+) +([\d.e+-]+) *(●?) *$", out, re.M)
+        assert row is not None, role
+        top1, gflops = points[name]
+        assert row[1] == name
+        assert float(row[2]) == pytest.approx(100 * top1, abs=0.006)
+        assert float(row[3]) == pytest.approx(gflops, rel=1e-3)
+        assert (row[4] == "●") == _on_frontier(points, name), name
+
+
+def test_best_single_takes_the_cheaper_on_a_tie_and_ignores_others():
+    from ee_demo.costs import best_single
+
+    points = [
+        {"name": "a", "top1": 0.9, "gflops": 2.0},
+        {"name": "b", "top1": 0.9, "gflops": 1.0},
+        {"name": "c", "top1": 0.8, "gflops": 0.5},
+        {"name": "stacked", "top1": 0.99, "gflops": 9.0},  # not a producer: never the best
+    ]
+    assert best_single(points, ["a", "b", "c"])["name"] == "b"
+
+
+def test_graph_text_writes_the_exact_budget():
+    import yaml
+    from ee_demo.costs import BUDGET_TOKEN, graph_text
+    from ee_demo.pipeline import GRAPH_FILE
+
+    template = (Path(tables.__file__).parent / GRAPH_FILE).read_text()
+    graph = yaml.safe_load(graph_text(template, 0.1 + 0.2))
+    assert graph["nodes"]["budgeted"]["params"]["budget"] == {"gflops": 0.1 + 0.2}
+    with pytest.raises(Exception, match=BUDGET_TOKEN):
+        graph_text(template + f"# {BUDGET_TOKEN}\n", 1.0)

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -32,7 +33,14 @@ from ensemble_engine import (
 )
 
 from .config import DemoConfig, ProducerJob
-from .shown import WEAK_FILE, combine_command, produce_command, weak_classes_command
+from .costs import best_single, frontier, graph_text
+from .shown import (
+    WEAK_FILE,
+    combine_command,
+    frontier_command,
+    produce_command,
+    weak_classes_command,
+)
 from .workers import TrainOutcome, TrainTask, run_tasks
 
 MARKER = "ee-demo.json"
@@ -42,6 +50,7 @@ OUTPUTS = ("data", "runs", STORE_DIR, GRAPH_FILE, WEAK_FILE, MARKER)
 # Nodes of the demo graph: the final node's base is what the weak classes are measured on; the
 # final node needs the specialists, so the first pass stops before it.
 BASE, FINAL = "stacked", "final"
+BUDGETED = "budgeted"  # the selection within the best single's cost on val
 DATA_SEED = 0  # the digits split is fixed, so every --seed is scored on the same images
 
 
@@ -54,6 +63,7 @@ class DemoRun:
     seed: int
     weak: list[str] = field(default_factory=list)
     nodes: list[NodeResult] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=dict)  # best single on val: name, top1, gflops
     seconds: dict[str, float] = field(default_factory=dict)  # step → wall seconds
 
     @property
@@ -87,17 +97,35 @@ def prepare_workdir(workdir: Path) -> None:
 
 
 def write_inputs(run: DemoRun) -> PredictionStore:
-    """The digits tree, the store with its splits registered, the graph file, the marker."""
+    """The digits tree, the store with its splits registered, the marker."""
     from ensemble_engine import open_dataset, register_splits
 
     source = open_dataset(run.workdir / "data", name="digits", seed=DATA_SEED)
     store = open_store(run.store_path, "a")
     register_splits(store, source)
-    text = resources.files(__package__).joinpath(GRAPH_FILE).read_text("utf-8")
-    run.graph_path.write_text(text, encoding="utf-8")
     marker = {"config": run.config.name, "seed": run.seed}
     (run.workdir / MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
     return store
+
+
+def write_graph(run: DemoRun, console: Console) -> None:
+    """The graph file, its ``budgeted`` node's budget the cost of the best single on val.
+
+    Read before any fusion: the val frontier then holds the producers only, and the most
+    accurate row (the cheaper one on a tie) is the best single prediction.
+    """
+    console.print(f"  $ {frontier_command(run.store_path, 'val')}", style="dim", soft_wrap=True)
+    names = [
+        f"{j.name}-s{size}" for j in run.config.producer_jobs() for size in run.config.test_sizes
+    ]
+    run.best = best_single(frontier(run.store_path, "val")["points"], names)
+    b = run.best
+    console.print(
+        f"  best single on val: {b['name']} ({100 * b['top1']:.2f}%, {b['gflops']:.4g} GFLOPs per "
+        f"image): the budget of node budgeted in {GRAPH_FILE}"
+    )
+    template = resources.files(__package__).joinpath(GRAPH_FILE).read_text("utf-8")
+    run.graph_path.write_text(graph_text(template, b["gflops"]), encoding="utf-8")
 
 
 def tasks_for(run: DemoRun, jobs: list[ProducerJob]) -> list[TrainTask]:
@@ -187,8 +215,9 @@ def run_demo(
     lap("producers")
     console.print(
         "[bold]2/4[/bold] fusing: stage 1 soft votes per loss × size; stage 2 hard vote (seed) "
-        "and stacked (learned on val)"
+        "and stacked (learned on val); budgeted: a selection within the best single's cost"
     )
+    write_graph(run, console)
     combine(run, upto=BASE, console=console)
     lap("fusion")
     run.weak = find_weak(run)

@@ -11,7 +11,9 @@ from ensemble_engine import open_store
 
 from . import tables
 from .config import demo_config
-from .pipeline import BASE, FINAL, DemoRun, run_demo
+from .costs import frontier
+from .pipeline import BASE, BUDGETED, FINAL, DemoRun, run_demo
+from .shown import frontier_command
 from .workers import default_workers
 
 
@@ -49,6 +51,14 @@ def show(run: DemoRun, console: Console) -> None:
         if chosen:
             console.print(tables.producers_table(chosen, sizes, f"{title}, top-1 %"))
     console.print(tables.nodes_table(run.nodes, FINAL))
+    console.print(f"  $ {frontier_command(run.store_path, 'test')}", style="dim", soft_wrap=True)
+    rows = [
+        ("best single (val)", run.best["name"]),
+        ("budgeted selection", BUDGETED),
+        ("stage 2, learned", BASE),
+        ("coverage", FINAL),
+    ]
+    console.print(tables.frontier_table(frontier(run.store_path, "test"), rows))
     console.print(tables.weak_classes_table(store, run.weak, BASE, FINAL))
     console.print(tables.summary(store, models, BASE, FINAL).line())
 

@@ -72,3 +72,7 @@ def weak_classes_command(
             "-o", str(out),
         ]
     )  # fmt: skip
+
+
+def frontier_command(store: Path, split: str) -> str:
+    return shlex.join(["ee", "frontier", str(store), "--split", split])

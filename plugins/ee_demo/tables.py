@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from rich import box
@@ -124,6 +125,28 @@ def nodes_table(results: Sequence[NodeResult], output: str) -> Table:
             ]
         name = r.id + (" *" if r.id == output else "")
         table.add_row(name, r.combiner, str(n_inputs), *cells)
+    return table
+
+
+def frontier_table(result: dict[str, Any], rows: Sequence[tuple[str, str]]) -> Table:
+    """Top-1 (%) and GFLOPs per image of ``rows`` ((role, prediction name)), from the JSON of
+    ``ee frontier STORE --split SPLIT --json``; ● where the prediction is on that frontier."""
+    split = result["split"]
+    points = {p["name"]: p for p in result["points"]}
+    table = _table(
+        f"accuracy–cost on {split}",
+        f"top-1 % on {split}; GFLOPs per image, all views; ● on the frontier of every "
+        f"prediction (`ee frontier --split {split}`)",
+    )
+    for column in ("", "prediction", split, "GFLOPs", "frontier"):
+        table.add_column(column, justify="left" if column in ("", "prediction") else "right")
+    for role, name in rows:
+        p = points.get(name)
+        if p is None:
+            table.add_row(role, name, "—", "?", "")
+            continue
+        mark = "●" if p["frontier"] else ""
+        table.add_row(role, name, _pct(p["top1"]), f"{p['gflops']:.4g}", mark)
     return table
 
 
