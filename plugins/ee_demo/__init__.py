@@ -39,8 +39,9 @@ def demo_command(workdir: Path, quick: bool, seed: int, workers: int | None) -> 
 
     Trains backbones × losses, predicts each at three test sizes with TTA, fuses them with
     the seed graph (soft vote per loss × size, hard vote), trains specialists on the weak
-    classes of the vote and lets them correct it. Everything lands in WORKDIR as an ordinary
-    store, run folders and graph file that the other commands read.
+    classes of the vote and lets them correct it; selects models within the cost of the best
+    single one on val and prints accuracy against cost. Everything lands in WORKDIR as an
+    ordinary store, run folders and graph file that the other commands read.
     """
     from .show import run_and_show
 
