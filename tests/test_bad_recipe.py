@@ -96,6 +96,22 @@ def small_images(root: Path, data: Path) -> None:
                 Image.new("RGB", (4, 4), (i * 90, 0, 0)).save(folder / f"{i}.png")
 
 
+def teacher_on_train(name: str, classes: list[str] | None) -> Setup:
+    """A complete prediction ``name`` on the store's train split: probs over ``classes``, or
+    labels where ``classes`` is None."""
+
+    def apply(root: Path, data: Path) -> None:
+        store = open_store(root / "s.zarr", "a")
+        n = store.split("train").n
+        if classes is None:
+            store.write_prediction(name, "train", kind="labels", labels=np.zeros(n, np.int32))
+            return
+        scores = np.full((n, len(classes)), 1 / len(classes))
+        store.write_prediction(name, "train", kind="probs", scores=scores, classes=classes)
+
+    return apply
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -350,6 +366,32 @@ CASES = [
          setup=text("r.yaml", "x")),
     case("store: a bad recipe does not create the store", "resnet10t-tayler", store="none",
          fault="unknown loss 'tayler'", fix="did you mean taylor"),
+    # --- distillation: --teacher (issue 21 item 4) ------------------------------------------
+    case("teacher: unknown", "resnet10t-ce", "--teacher", "nope",
+         fault="teacher 'nope' is not a prediction in", fix="name one of `ee ls"),
+    case("teacher: no store yet", "resnet10t-ce", "--teacher", "nope", store="none",
+         fault="does not exist yet, so it holds no teacher", fix="give the store"),
+    case("teacher: not on train", "resnet10t-ce", "--teacher", "taken-s32",
+         fault="has no complete prediction on split 'train'", fix="--apply train,val,test"),
+    case("teacher: a class subset", "resnet10t-ce", "--teacher", "spec",
+         fault="teacher spec/train covers a class subset", fix="full-class prediction",
+         setup=teacher_on_train("spec", [*map(str, range(5)), "__other__"])),
+    case("teacher: another class space", "resnet10t-ce", "--teacher", "other",
+         fault="teacher other/train covers another class space", fix="full-class prediction",
+         setup=teacher_on_train("other", [str(c) for c in reversed(range(10))])),
+    case("teacher: labels, not scores", "resnet10t-ce", "--teacher", "votes",
+         fault="teacher votes/train holds labels, not scores", fix="distil from logits or probs",
+         setup=teacher_on_train("votes", None)),
+    case("teacher: kd_alpha out of range", "resnet10t-ce", "--teacher", "nope",
+         "--set", "kd_alpha=1.5", fault="kd_alpha must lie in [0, 1]", fix="e.g. 0.9"),
+    case("teacher: kd_temperature without a teacher", "resnet10t-ce",
+         "--set", "kd_temperature=2", fault="kd_temperature and kd_alpha need a teacher",
+         fix="--teacher NAME"),
+    case("teacher: with a subset", "resnet10t-ce", "--teacher", "nope", "--subset",
+         "{root}/weak.txt", fault="a specialist (subset) cannot distil from a teacher",
+         fix="drop --teacher or --subset", setup=text("weak.txt", "1\n7\n")),
+    case("splits: unknown split", "resnet10t-ce", "--splits", "train,bogus",
+         fault="has no split bogus", fix="choose from those"),
 ]
 # fmt: on
 

@@ -39,13 +39,13 @@ DEFAULT_PRODUCER = "timm"
 RECIPE_SUFFIXES = (".yaml", ".yml")
 
 # Options given as text: comma lists (→ element type) and repeated KEY=VALUE (→ override key).
-_LIST_OPTIONS = {"test_sizes": int, "tta": str}
+_LIST_OPTIONS = {"test_sizes": int, "tta": str, "splits": str}
 _PAIR_OPTIONS = {"loss_param": "loss_params", "set_pairs": "set"}
 # Every option that becomes an override when given.
 _OVERRIDE_OPTIONS = (
     "epochs", "batch_size", "lr", "img_size", "mixup", "cutmix", "aa", "vflip", "noise", "seed",
     "device", "workers", "amp", "ema", "holdout", "init", "test_sizes", "tta", "loss_param",
-    "set_pairs", "subset_per_class", "other_per_class",
+    "set_pairs", "subset_per_class", "other_per_class", "teacher", "splits",
 )  # fmt: skip
 _SUBSET_OPTIONS = ("subset_per_class", "other_per_class")
 
@@ -204,6 +204,18 @@ def producer_for(recipe: str) -> str:
 @click.option("--test-sizes", metavar="N,N,...", help="Prediction sizes, e.g. 32,46,54.")
 @click.option("--tta", metavar="VIEW,...", help="Test-time views, e.g. identity,hflip.")
 @click.option(
+    "--splits",
+    metavar="SPLIT,...",
+    help="Splits to predict after training, e.g. train,val,test (train for a teacher). "
+    "Default: all but train (and but val on a store with a holdout).",
+)
+@click.option(
+    "--teacher",
+    metavar="NAME",
+    help="Distil: train on this stored prediction's soft targets on train plus the labels "
+    "(--set kd_temperature=T --set kd_alpha=A; see `ee recipes`).",
+)
+@click.option(
     "--subset",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Train a specialist on the class ids listed in this file (see `ee weak-classes`).",
@@ -254,10 +266,15 @@ def produce_command(ctx: click.Context, recipe: str, data_dir: Path | None, stor
     else imagenet (the seed's, 224 px); --set defaults=NAME chooses. The command prints which
     profile and why.
 
-    After training, the best checkpoint predicts every split but train at each test size
-    (default: 224,320,380 for 224-pixel training, the same ratios otherwise, e.g. 32,46,54)
-    with the recipe's TTA views (default identity,hflip; identity alone on the digits, which
-    train without flips), one prediction per split and size: <name>-s<size>.
+    After training, the best checkpoint predicts every split but train (--splits chooses, e.g.
+    train,val,test for a model that will teach) at each test size (default: 224,320,380 for
+    224-pixel training, the same ratios otherwise, e.g. 32,46,54) with the recipe's TTA views
+    (default identity,hflip; identity alone on the digits, which train without flips), one
+    prediction per split and size: <name>-s<size>.
+
+    With --teacher NAME the run distils a stored prediction (a fused one, applied to train:
+    ee combine GRAPH --apply train,val,test): its loss adds the teacher's soft targets on train
+    to the labels (kd_temperature, kd_alpha: see `ee recipes`).
 
     With --subset the run is a specialist: the listed classes plus one __other__ class; its
     predictions are named cov-<backbone>-<loss>-s<size>.
@@ -278,6 +295,8 @@ def produce_command(ctx: click.Context, recipe: str, data_dir: Path | None, stor
       ee produce resnet18-ce --subset weak.txt --subset-per-class 500
       ee produce resnet18-ce --nproc 4           4 GPUs (or CPU processes), one machine
       ee produce resnet18-ls --data ./vipriors --plan --json
+      ee produce resnet18-ce --splits train,val,test     then ee combine ... --apply train,...
+      ee produce resnet10t-ce --teacher fused --set kd_alpha=0.9
     """
     from rich.console import Console
 

@@ -25,7 +25,7 @@ def recipes_command(as_json: bool) -> None:
 
     from .backbones import BACKBONE_ALIASES
     from .data_profile import PROFILE_RULE
-    from .recipe import PROFILE_NOTES, PROFILES
+    from .recipe import KD_FIELDS, KD_SOURCES, PROFILE_NOTES, PROFILES, Recipe
     from .recipe_spec import SEED_SOURCES, profile_values
 
     losses = [
@@ -33,11 +33,15 @@ def recipes_command(as_json: bool) -> None:
          "plugin": e.plugin}
         for e in get_registry("losses")
     ]  # fmt: skip
+    defaults = Recipe.__dataclass_fields__
+    distillation = {
+        key: {"default": defaults[key].default, "source": KD_SOURCES[key]} for key in KD_FIELDS
+    }
     if as_json:
         payload = {
             "backbones": BACKBONE_ALIASES, "losses": losses, "defaults": PROFILE_NOTES,
             "profiles": {name: profile_values(name) for name in PROFILES},
-            "sources": SEED_SOURCES, "profile_rule": PROFILE_RULE,
+            "sources": SEED_SOURCES, "profile_rule": PROFILE_RULE, "distillation": distillation,
         }  # fmt: skip
         click.echo(json.dumps(payload, indent=2))
         return
@@ -60,7 +64,14 @@ def recipes_command(as_json: bool) -> None:
     for key in by_profile["imagenet"]:
         shown = [_shown(by_profile[name][key]) for name in PROFILES]
         values.add_row(key, *shown, SEED_SOURCES.get(key, ""))
-    for table in (backbones, loss_table, profiles, values):
+    kd = Table(
+        "field", "default", "from", title="distillation (ee produce --teacher NAME)",
+        caption="loss = (1 − kd_alpha) · the recipe's loss + kd_alpha · T² · KL(teacher ‖ "
+        "student) at T = kd_temperature (Hinton et al. 2015); set with --set kd_alpha=A",
+    )  # fmt: skip
+    for key, row in distillation.items():
+        kd.add_row(key, _shown(row["default"]), row["source"])
+    for table in (backbones, loss_table, profiles, values, kd):
         console.print(table)
 
 

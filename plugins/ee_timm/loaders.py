@@ -91,11 +91,17 @@ class ShardedSeededSampler(DistributedSampler):
 
 
 class SampleDataset(Dataset):
-    """``(transform(image), label)`` per sample; keys are indices or ``(index, seed)`` pairs."""
+    """``(transform(image), label)`` per sample; keys are indices or ``(index, seed)`` pairs.
 
-    def __init__(self, samples: Sequence[Sample], transform: Callable) -> None:
+    ``targets``: one row per sample given in place of its label (a distilled run's ``[label |
+    teacher]`` rows, see ``distill``)."""
+
+    def __init__(
+        self, samples: Sequence[Sample], transform: Callable, targets: torch.Tensor | None = None
+    ) -> None:
         self.samples = list(samples)
         self.transform = transform
+        self.targets = targets
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -106,10 +112,11 @@ class SampleDataset(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         sample = self.samples[index]
         image = load_image(sample.path)
+        label = sample.label if self.targets is None else self.targets[index]
         if seed is None:
-            return self.transform(image), sample.label
+            return self.transform(image), label
         with seeded(seed):
-            return self.transform(image), sample.label
+            return self.transform(image), label
 
 
 def train_loader(
@@ -121,14 +128,16 @@ def train_loader(
     generator: torch.Generator,
     pin_memory: bool = False,
     shard: ShardedSeededSampler | None = None,
+    targets: torch.Tensor | None = None,
 ) -> DataLoader:
     """Shuffled, seeded batches; the last partial batch is dropped (batch norm needs > 1).
 
-    ``shard`` (under torchrun) replaces the sampler drawn from ``generator`` by a rank's share.
+    ``shard`` (under torchrun) replaces the sampler drawn from ``generator`` by a rank's share;
+    ``targets`` (one row per sample) replace the labels (see ``SampleDataset``).
     """
     sampler = shard if shard is not None else SeededSampler(len(samples), generator)
     return DataLoader(
-        SampleDataset(samples, transform),
+        SampleDataset(samples, transform, targets),
         batch_size=batch_size,
         sampler=sampler,
         drop_last=len(sampler) > batch_size,

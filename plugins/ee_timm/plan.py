@@ -25,7 +25,7 @@ def plan_request(request: ProduceRequest) -> dict[str, Any]:
     resolved = resolve_request(request)
     ok = checked_request(request, None, recipe=resolved.recipe)
     recipe = ok.recipe
-    splits = prediction_splits(ok.source)
+    splits = prediction_splits(ok.source, recipe.splits or None)
     name = request.name or base_name(recipe)
     store_exists = not isinstance(request.store, StoreOnFirstUse)
     if store_exists:  # what produce would refuse before it writes, the plan refuses too

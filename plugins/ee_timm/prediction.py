@@ -5,10 +5,12 @@ What is predicted, and why:
 - The **best** checkpoint (``best.pth``: the weights, EMA ones where the run kept an EMA, of
   the epoch with the best val top-1), as the seed ensemble used its best checkpoints. It is
   loaded with ``torch.load(weights_only=True)``, which runs no pickled code.
-- **Every split but train**: train images were fitted, so their scores say little and would
-  mislead a fusion graph's weights; val (the graph's fit split) and test are what fusion needs.
-  On a store with a held-out split (``ee store init --holdout``) the run trained on train and
-  val, so it predicts neither: ``holdout`` (the graph's fit split then) and test.
+- **Every split but train**, unless the recipe's ``splits`` (``--splits``) says which (train
+  too, for a prediction that will teach a distilled run, see ``distill``): train images were
+  fitted, so their scores say little and would mislead a fusion graph's weights; val (the
+  graph's fit split) and test are what fusion needs. On a store with a held-out split (``ee
+  store init --holdout``) the run trained on train and val, so it predicts neither:
+  ``holdout`` (the graph's fit split then) and test.
 - At each of the recipe's ``test_sizes`` with its ``tta`` views merged by ``merge``, resized as
   in training's validation (timm's resize by ``crop_pct`` then centre crop, bilinear, ImageNet
   normalisation), so the identity view at the training size reproduces the run's val top-1.
@@ -17,8 +19,9 @@ Predictions are named ``<name>-s<size>`` (split separate, as the store names the
 ``name`` is ``[cov-]<backbone>-<loss>[-seed<N>]``: ``cov-`` marks a specialist (the seed graph
 selects specialists by ``cov-*``), a seed other than 0 is named so that seeds of one recipe sit
 side by side. The producer facts (``backbone``, ``loss``, ``seed``, ``recipe``, ``run``,
-``source``, ``subset``) are written with each; ``ee_tta`` adds ``test_size``, ``tta``, ``merge``
-and ``cost``, whose FLOPs per image this plugin counts (``flops``) once per test size.
+``source``, ``subset``, a distilled run's ``teacher``) are written with each; ``ee_tta`` adds
+``test_size``, ``tta``, ``merge`` and ``cost``, whose FLOPs per image this plugin counts
+(``flops``) once per test size.
 """
 
 from __future__ import annotations
@@ -255,6 +258,8 @@ def prediction_meta(run: TrainedRun, recipe: Recipe) -> dict[str, Any]:
             },
         },
     }
+    if recipe.teacher:  # a distilled run: the stored prediction it learnt from
+        meta["teacher"] = recipe.teacher
     if recipe.specialist:
         meta["subset"] = subset_facts(
             recipe.subset, recipe.subset_per_class, recipe.other_per_class

@@ -42,6 +42,7 @@ from ensemble_engine import (
 from .builders import resolve_device
 from .checkpoint import read_resumable
 from .data_profile import resolve_request
+from .distill import target_rows
 from .distributed import Launch, TorchGroup, backend_for, process_group, rank_device
 from .prediction import (
     base_name,
@@ -210,7 +211,7 @@ class TimmProducer(Producer):
             try:
                 result = train(
                     recipe, train_samples, val_samples, classes, run_dir,
-                    resume=request.resume, console=console, group=group,
+                    resume=request.resume, console=console, group=group, targets=ok.targets,
                 )  # fmt: skip
             except KeyboardInterrupt:
                 console.print(f"interrupted; add --resume to continue {run_dir} from its last "
@@ -228,7 +229,7 @@ class TimmProducer(Producer):
         if not request.force:  # checked first: a refused command registers nothing either
             name = request.name or base_name(recipe)
             own = run_id if request.resume else None
-            splits = prediction_splits(source)
+            splits = prediction_splits(source, recipe.splits or None)
             check_names_free(request.store, name, recipe.test_sizes, splits, own_run=own)
         register_splits(request.store, source)  # every split checked before any is written
 
@@ -241,13 +242,13 @@ class TimmProducer(Producer):
         source: DatasetSource | None = None,
         group: TorchGroup | None = None,
     ) -> list[str]:
-        """Store the trained run's predictions (best checkpoint, every split but train, each
-        test size × TTA views of ``recipe``); returns their ids. Under torchrun every rank
-        calls this with its ``group``; rank 0 alone prints."""
+        """Store the trained run's predictions (best checkpoint, the recipe's ``splits`` or every
+        split but train, each test size × TTA views of ``recipe``); returns their ids. Under
+        torchrun every rank calls this with its ``group``; rank 0 alone prints."""
         shown = group is None or group.rank == 0
         console = (request.console or Console(stderr=True)) if shown else None
         source = source or data_source(request)
-        splits = prediction_splits(source)
+        splits = prediction_splits(source, recipe.splits or None)
         if not splits:
             if console is not None:
                 console.print(f"{source.root} has no split besides train: nothing to predict")
@@ -278,6 +279,7 @@ class CheckedRequest:
     classes: list[str]
     device: torch.device
     run_id: str
+    targets: torch.Tensor | None = None  # a distilled run's [label | teacher] rows (distill)
 
 
 def checked_request(
@@ -311,7 +313,13 @@ def checked_request(
         )
     if request.resume and (run_dir / "last.pth").exists():
         read_resumable(run_dir / "last.pth", mmap=True)  # damaged: refused before any write
-    return CheckedRequest(recipe, source, train_samples, val_samples, classes, device, run_id)
+    prediction_splits(source, recipe.splits or None)  # an unknown split: refused now
+    targets = None
+    if recipe.teacher:  # the teacher, looked up in the store before anything is written
+        targets = target_rows(request.store, recipe, source, train_samples, classes)
+    return CheckedRequest(
+        recipe, source, train_samples, val_samples, classes, device, run_id, targets
+    )
 
 
 class RunLock:

@@ -35,6 +35,8 @@ from .recipe_spec import (
     FIELD_NAMES,
     HINTS,
     INITS,
+    KD_FIELDS,
+    KD_SOURCES,
     NAME_FIELDS,
     NOISE_ON,
     OTHER_PER_CLASS,
@@ -54,7 +56,8 @@ from .recipe_spec import (
 )
 
 __all__ = [
-    "FIELD_NAMES", "HINTS", "INITS", "NAME_FIELDS", "NOISE_ON", "OTHER_PER_CLASS",
+    "FIELD_NAMES", "HINTS", "INITS", "KD_FIELDS", "KD_SOURCES", "NAME_FIELDS", "NOISE_ON",
+    "OTHER_PER_CLASS",
     "OVERRIDE_KEYS", "PRODUCER_NAME", "PROFILES", "PROFILE_NOTES", "RECIPE_SUFFIXES",
     "REFERENCE_SIZE", "REFERENCE_TEST_SIZES", "SEED_LIMIT", "SUBSET_FIELDS", "SUBSET_PER_CLASS",
     "VFLIP_ON", "WEIGHT_NEUTRAL", "Recipe", "apply_overrides", "check_buildable",

@@ -39,7 +39,7 @@ RECIPE_SUFFIXES = (".yaml", ".yml")
 OVERRIDE_KEYS = (
     "epochs", "batch_size", "lr", "img_size", "mixup", "cutmix", "aa", "vflip", "noise", "seed",
     "device", "workers", "amp", "ema", "loss_params", "test_sizes", "tta", "init", "holdout", "set",
-    "subset", "subset_per_class", "other_per_class",
+    "subset", "subset_per_class", "other_per_class", "teacher", "splits",
 )  # fmt: skip
 # Overrides whose option is not ``--<key>``; switches show as ``--<key>`` or ``--no-<key>``.
 _OPTION_NAMES = {"loss_params": "--loss-param", "subset": "--subset FILE"}

@@ -28,6 +28,9 @@ NOISE_ON = 1.0  # probability that --noise switches on: every image gets noise
 NOISE_MODES = ("channel_shared", "per_channel")
 INITS = ("xavier", "default")
 SEED_LIMIT = 2**32  # numpy's global generator, seeded with the recipe's seed, takes 32 bits
+# Distillation defaults (see ``distill`` and ``KD_SOURCES``).
+KD_TEMPERATURE = 4.0
+KD_ALPHA = 0.9
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,13 @@ class Recipe:
     subset: tuple[str, ...] = ()
     subset_per_class: int = SUBSET_PER_CLASS
     other_per_class: int = OTHER_PER_CLASS
+    # Distillation (see ``distill``): a stored prediction whose soft targets on train join the
+    # labels in the loss, at temperature kd_temperature with weight kd_alpha.
+    teacher: str | None = None
+    kd_temperature: float = KD_TEMPERATURE
+    kd_alpha: float = KD_ALPHA
+    # The splits predicted after training; empty: every split but those trained on.
+    splits: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -104,11 +114,14 @@ class Recipe:
         """Plain YAML/JSON-able values (tuples as lists), with ``producer`` for re-running.
 
         The subset fields appear only in a specialist's recipe, so every other recipe (its
-        file, its hash, its run id) reads as it did before specialists existed.
+        file, its hash, its run id) reads as it did before specialists existed; likewise the
+        distillation fields only with a teacher, and ``splits`` only where given.
         """
         out = {"producer": PRODUCER_NAME}
         for key, value in asdict(self).items():
             if key in SUBSET_FIELDS and not self.subset:
+                continue
+            if (key in KD_FIELDS and not self.teacher) or (key == "splits" and not value):
                 continue
             out[key] = list(value) if isinstance(value, tuple) else value
         return out
@@ -131,8 +144,16 @@ FIELD_NAMES = tuple(f.name for f in fields(Recipe))
 NAME_FIELDS = ("backbone", "loss")
 # Values that leave the trained weights unchanged: not hashed, free to change on resume.
 # (``workers`` is one: every sample carries its own augmentation seed, see ``loaders``.)
-WEIGHT_NEUTRAL = frozenset({"device", "workers", "test_sizes", "tta", "merge"})
+WEIGHT_NEUTRAL = frozenset({"device", "workers", "test_sizes", "tta", "merge", "splits"})
 SUBSET_FIELDS = ("subset", "subset_per_class", "other_per_class")
+KD_FIELDS = ("teacher", "kd_temperature", "kd_alpha")
+# Where the distillation defaults come from (shown by `ee recipes`).
+KD_SOURCES = {
+    "teacher": "none: a stored prediction on train (ee produce --teacher NAME)",
+    "kd_temperature": "T = 4: the KD baseline of Tian et al. 2020 (CRD, RepDistiller kd_T)",
+    "kd_alpha": "0.9 on the soft term, 0.1 on the labels: the same KD baseline (-a 0.9 -r 0.1); "
+    "Hinton et al. 2015 found a much lower weight on the hard targets best",
+}
 
 PROFILES: dict[str, dict[str, Any]] = {
     "imagenet": {},  # the ``Recipe`` defaults: the seed's values (see ``SEED_SOURCES``)
@@ -281,6 +302,17 @@ def recipe_problems(r: Recipe) -> list[tuple[bool, str]]:
             or (r.subset_per_class, r.other_per_class) == (SUBSET_PER_CLASS, OTHER_PER_CLASS),
             "subset_per_class and other_per_class need a subset (ee produce --subset FILE)",
         ),
+        (r.kd_temperature > 0, "kd_temperature must be > 0, e.g. 4"),
+        (0 <= r.kd_alpha <= 1, "kd_alpha must lie in [0, 1], e.g. 0.9"),
+        (
+            bool(r.teacher) or (r.kd_temperature, r.kd_alpha) == (KD_TEMPERATURE, KD_ALPHA),
+            "kd_temperature and kd_alpha need a teacher (ee produce --teacher NAME)",
+        ),
+        (
+            not (r.teacher and r.subset),
+            "a specialist (subset) cannot distil from a teacher; drop --teacher or --subset",
+        ),
+        (len(set(r.splits)) == len(r.splits), "splits lists a split twice; list each once"),
     ]
 
 

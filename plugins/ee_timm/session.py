@@ -35,6 +35,7 @@ from .builders import (
     build_scheduler,
     load_optimizer_state,
 )
+from .distill import Distiller, kd_mixer
 from .distributed import TorchGroup, average_batch_norm, wrap_model
 from .progress import TrainProgress
 from .readings import READ_EVERY, LossWatch, evaluate, evaluation_sums, percentages
@@ -53,6 +54,8 @@ class TrainingSession:
         num_classes: int,
         device: torch.device,
         group: TorchGroup | None = None,
+        *,
+        distilled: bool = False,
     ) -> None:
         self.recipe, self.device, self.group = recipe, device, group
         self.cuda = device.type == "cuda"
@@ -72,6 +75,12 @@ class TrainingSession:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda and recipe.amp)
         self.ema = ModelEmaV3(self.model, decay=recipe.ema_decay) if recipe.ema else None
         self.mixer = batch_mixer(recipe, num_classes)
+        self.distiller = None  # targets are [label | teacher] rows: see ``distill``
+        if distilled:
+            self.mixer = kd_mixer(recipe, num_classes)
+            self.distiller = Distiller(
+                num_classes, recipe.kd_temperature, recipe.kd_alpha, self.mixer is not None
+            )
         self.per_image, self.per_batch = train_transform_split(recipe)
         self.generator = torch.Generator().manual_seed(recipe.seed)
         self.state: dict[str, Any] = {"epoch": 0, "history": [], "best_top1": None, "best_epoch": 0}
@@ -139,7 +148,10 @@ class TrainingSession:
             with self.autocast():
                 outputs = self.trained(images)
                 logits, features = outputs if self.feeds_features else (outputs, None)
-                loss = self.loss_fn(logits, targets)
+                if self.distiller is None:
+                    loss = self.loss_fn(logits, targets)
+                else:
+                    loss = self.distiller(self.loss_fn, logits, targets)
             watch.add(loss, len(images))  # on the CPU: checked here, before the step
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -163,6 +175,8 @@ class TrainingSession:
     def feed_features(self, features: torch.Tensor, targets: torch.Tensor) -> None:
         """The step's pre-logit features and labels (argmax of soft targets) to the loss; under
         torchrun every rank's, in rank order, so that every rank's pools stay the same."""
+        if self.distiller is not None:
+            targets = self.distiller.labels(targets)
         labels = targets.argmax(dim=1) if targets.ndim == 2 else targets
         features = features.detach()
         if self.group is not None:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -42,6 +42,9 @@ from .recipe import WEIGHT_NEUTRAL, Recipe
 from .saver import CheckpointSaver
 from .session import TrainingSession
 from .transforms import eval_transform
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["DivergedError", "TrainResult", "train"]
 
@@ -81,6 +84,7 @@ def train(
     console: Console | None = None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
     group: TorchGroup | None = None,
+    targets: torch.Tensor | None = None,
 ) -> TrainResult:
     """Train ``recipe`` on ``train_samples``, validate on ``val_samples``, write ``run_dir``.
 
@@ -92,12 +96,15 @@ def train(
 
     Under torchrun every rank calls ``train`` alike with its ``group`` (whose device it trains
     on); rank 0 alone writes ``run_dir``, and all ranks return once ``best.pth`` is written.
+
+    ``targets``: a distilled run's ``[label | teacher]`` row per training sample (the recipe
+    names its ``teacher``; see ``distill``), given to the loss in place of the labels.
     """
     console = console or Console(stderr=True)
     run_dir, last = Path(run_dir), Path(run_dir) / "last.pth"
     writes = group is None or group.rank == 0
     device = resolve_device(recipe.device) if group is None else group.device
-    run = TrainingSession(recipe, len(classes), device, group)
+    run = TrainingSession(recipe, len(classes), device, group, distilled=targets is not None)
     if last.exists():
         if not resume:
             raise RecipeError(
@@ -118,6 +125,7 @@ def train(
     loader = train_loader(
         train_samples, run.per_image, batch_size=recipe.batch_size,
         workers=recipe.workers, generator=run.generator, pin_memory=run.cuda, shard=shard,
+        targets=targets,
     )  # fmt: skip
     val_loader = eval_loader(
         val_share, eval_transform(recipe.img_size, recipe.crop_pct),
