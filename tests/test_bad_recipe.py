@@ -372,7 +372,7 @@ CASES = [
     case("teacher: no store yet", "resnet10t-ce", "--teacher", "nope", store="none",
          fault="does not exist yet, so it holds no teacher", fix="give the store"),
     case("teacher: not on train", "resnet10t-ce", "--teacher", "taken-s32",
-         fault="has no complete prediction on split 'train'", fix="--apply train,val,test"),
+         fault="has no complete prediction on split 'train'", fix="--apply train,..."),
     case("teacher: a class subset", "resnet10t-ce", "--teacher", "spec",
          fault="teacher spec/train covers a class subset", fix="full-class prediction",
          setup=teacher_on_train("spec", [*map(str, range(5)), "__other__"])),

@@ -17,6 +17,8 @@ from ee_timm.transforms import batch_mixer
 from helpers import small_digits
 
 from ensemble_engine.data import open_dataset, register_splits
+from ensemble_engine.errors import RecipeError
+from ensemble_engine.holdout import HoldoutRecord, HoldoutSource
 from ensemble_engine.store import open_store
 
 
@@ -109,6 +111,28 @@ def test_teacher_rows_are_looked_up_by_sample_id(tmp_path):
     # the loader hands each sample its own row, whatever order the sampler draws
     dataset = SampleDataset(samples, lambda image: 0, rows)
     assert torch.equal(dataset[(5, 123)][1], rows[5])
+
+
+def test_a_store_holdouts_run_finds_its_teacher_on_train_and_val(tmp_path):
+    """Under ``ee store init --holdout`` a run trains on train+val minus the holdout, whose ids
+    read ``split/path``: the teacher is needed, and looked up, on both splits."""
+    data = small_digits(tmp_path / "d", train_per_class=3, val_per_class=2, test_images=4)
+    store = open_store(tmp_path / "s.zarr", "w")
+    register_splits(store, open_dataset(data))
+    source = HoldoutSource(open_dataset(data), HoldoutRecord(0.3))
+    recipe = Recipe("resnet10t", "ce", teacher="teach")
+    for split in ("train", "val"):
+        ids = [f"{split}/{i}" for i in store.split(split).sample_ids]
+        scores = np.zeros((len(ids), 10))
+        scores[np.arange(len(ids)), [sample_class(i) for i in ids]] = 10.0
+        store.write_prediction("teach", split, kind="logits", scores=scores)
+        if split == "train":  # not on val yet: refused, naming the split
+            with pytest.raises(RecipeError, match="no complete prediction on split 'val'"):
+                target_rows(store, recipe, source, [], source.classes)
+    samples = source.training_samples()[0]
+    assert {s.sample_id.split("/")[0] for s in samples} == {"train", "val"}
+    rows = target_rows(store, recipe, source, samples, source.classes)
+    assert rows[:, 10:].argmax(1).tolist() == [sample_class(s.sample_id) for s in samples]
 
 
 @pytest.fixture(scope="module")

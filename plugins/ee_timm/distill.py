@@ -126,12 +126,13 @@ def check_teacher(store: Any, recipe: Recipe, source: DatasetSource, classes: Se
             f"{store.path}` (e.g. a fused node applied to train)"
         )
     preds = {}
+    needed = ",".join(_teacher_splits(source))  # train; train,val under a store's holdout
     for split in _teacher_splits(source):
         if not store.exists(name, split):
             raise RecipeError(
                 f"teacher {name!r} has no complete prediction on split {split!r}, which the run "
-                f"trains on; predict it there (`ee combine GRAPH --apply {split},val,test` or "
-                f"`ee produce ... --splits {split},val,test`)"
+                f"trains on; predict it there (`ee combine GRAPH --apply {needed},...` over "
+                f"inputs from `ee produce ... --splits {needed},...`)"
             )
         pred = store.get(name, split)
         if pred.kind not in ("logits", "probs"):
