@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import gc
 import sys
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 
 import click
@@ -118,6 +119,8 @@ def build_cli() -> click.Group:
         """
         ctx.ensure_object(dict)
         ctx.obj["debug"] = debug
+        if not debug:  # a warning is one line, as an error is; --debug keeps Python's format
+            warnings.formatwarning = _one_line_warning
 
     for command in (
         plugins_command,
@@ -134,6 +137,12 @@ def build_cli() -> click.Group:
         cli.add_command(command)
     get_host().add_commands(cli)
     return cli
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """``warning: MESSAGE`` instead of Python's ``file:line: Category: message`` plus the
+    source line: the file and line are ee's internals, of no use to the user reading it."""
+    return f"warning: {message}\n"
 
 
 def main() -> None:
