@@ -140,3 +140,40 @@ def test_plugin_loss_and_combiner_work_through_produce_and_combine(
     pb /= pb.sum(1, keepdims=True)
     med = (pa + pb) / 2  # the median of two is their mean
     np.testing.assert_allclose(st.read("med", "test"), med / med.sum(1, keepdims=True), atol=2e-3)
+
+
+def test_sklearn_producer_produces_and_combines_end_to_end(plugin_path, tmp_path):
+    """The example's scikit-learn producer, written against the public API only, through the
+    CLI: `ee produce sklearn-pixels`, then a soft vote over its predictions with `ee combine`."""
+    from helpers import small_digits
+
+    from ensemble_engine.store import open_store
+
+    infos = {p["name"]: p for p in json.loads(ee(plugin_path, "plugins", "--json").stdout)}
+    assert infos["ee_example_sklearn"]["registers"] == {"producers": ["sklearn-pixels"]}
+    data = small_digits(tmp_path / "digits", train_per_class=10, val_per_class=5, test_images=40)
+    store = tmp_path / "s.zarr"
+    common = ["--data", data, "--store", store]
+    res = ee(plugin_path, "produce", "sklearn-pixels", *common)
+    assert "sklearn-logreg-s8/test" in res.stdout and "sklearn-logreg-s8/val" in res.stdout
+    ee(plugin_path, "produce", "sklearn-pixels", "--img-size", "12", *common)
+    res = ee(plugin_path, "produce", "sklearn-pixels", *common, check=False)
+    assert res.returncode == 2 and "pass --force" in res.stderr
+    ee(plugin_path, "produce", "sklearn-pixels", "--force", *common)
+    st = open_store(store, "r")
+    for size in (8, 12):
+        for split in ("val", "test"):
+            pred = st.get(f"sklearn-logreg-s{size}", split)
+            assert pred.kind == "probs" and pred.attrs["test_size"] == size
+            assert pred.attrs["backbone"] == "sklearn-logreg"
+            assert pred.metrics["top1"] > 0.5  # well above chance (0.1)
+    assert not st.exists("sklearn-logreg-s8", "train")
+    graph = tmp_path / "g.yaml"
+    graph.write_text(
+        "version: 1\nfit: val\napply: [val, test]\nnodes:\n  vote:\n"
+        "    combiner: soft_vote\n    inputs: ['sklearn-logreg-*']\noutput: vote\n"
+    )
+    ee(plugin_path, "combine", graph, "--store", store)
+    st = open_store(store, "r")
+    a, b = (st.read(f"sklearn-logreg-s{size}", "test") for size in (8, 12))
+    np.testing.assert_allclose(st.read("vote", "test"), (a + b) / 2, atol=2e-3)
