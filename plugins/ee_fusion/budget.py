@@ -14,7 +14,6 @@ members within 1/Y: running them one after another on the devices they were meas
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from ensemble_engine import GraphError, InputSource
+
+from .folds import folds_for_small_classes, stratified_folds
 
 BUDGET_KEYS = ("gflops", "images_per_s")
 
@@ -181,21 +182,13 @@ def fold_ids(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
 
     A fit split whose commonest class has fewer rows than ``folds`` gets that many folds.
     """
-    from sklearn.model_selection import StratifiedKFold
-
-    folds = min(folds, int(np.bincount(labels).max()) if len(labels) else 0)
+    folds = folds_for_small_classes(labels, folds)
     if folds < 2:
         raise GraphError(
             f"select: {len(labels)} fit rows cannot make 2 folds; fit on a larger labelled split "
             "or set folds: 0 (in sample)"
         )
-    out = np.empty(len(labels), dtype=np.int64)
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        for f, (_, held) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
-            out[held] = f
-    return out
+    return stratified_folds(labels, folds, seed, "select")
 
 
 class RowView:

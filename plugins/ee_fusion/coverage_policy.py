@@ -32,7 +32,6 @@ accuracy is never below the base's, and is optimistic by at most that one choice
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +39,7 @@ import numpy as np
 from ensemble_engine import GraphError
 
 from .coverage_rules import Specialist, cover, vote_keep_base
+from .folds import folds_for_small_classes, stratified_folds
 
 MAX_PASSES = 10
 
@@ -125,28 +125,15 @@ def fit_thresholds(
 
 
 def fold_ids(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """Fold [n] of each row: stratified by label, shuffled with ``seed`` (as ``stacking``)."""
-    from sklearn.model_selection import StratifiedKFold
-
-    # A fit split with fewer rows per class than folds (a small held-out split) gets as many
-    # folds as its commonest class has rows: scikit-learn refuses more, and the policy would
-    # otherwise fail a graph that runs fine on more data.
-    folds = min(folds, int(np.bincount(labels).max()) if len(labels) else 0)
+    """Fold [n] of each row: stratified by label, shuffled with ``seed`` (as ``stacking``); as
+    many folds as the commonest class has rows where that is fewer."""
+    folds = folds_for_small_classes(labels, folds)
     if folds < 2:
         raise GraphError(
             f"coverage: {len(labels)} fit rows cannot make 2 folds; fit on a larger labelled "
             "split or use policy: base_gated"
         )
-    out = np.empty(len(labels), dtype=np.int64)
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        try:
-            for f, (_, held) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
-                out[held] = f
-        except ValueError as exc:
-            raise GraphError(f"coverage: cannot make {folds} folds ({exc}); lower folds") from None
-    return out
+    return stratified_folds(labels, folds, seed, "coverage")
 
 
 @dataclass

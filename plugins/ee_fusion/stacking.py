@@ -11,18 +11,17 @@ their logits are accumulated one input at a time and OOF rows are computed in on
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
 
 from ensemble_engine import Combiner, GraphError, InputChunk, InputSource, Output, Role, softmax
 
 from .cache import FLOAT32_CACHE_LIMIT, Cache, gather_by_row, subsample_rows
 from .common import check_classes, check_labels, log_probs, role_inputs
+from .folds import stratified_folds
 from .pooling import fit_pooling, weights_and_temperature
 
 
@@ -57,23 +56,10 @@ class LinearModel:
 
 
 def fold_ids(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """Fold number [n] of each row: stratified by label, shuffled with ``seed``.
-
-    Classes rarer than ``folds`` are spread as evenly as they can be (scikit-learn's warning
-    about them is silenced: on a validation split with many classes it is the normal case).
-    """
+    """Fold number [n] of each row: stratified by label, shuffled with ``seed``."""
     if len(labels) < folds:
         raise GraphError(f"stacking: {len(labels)} fit rows cannot make {folds} folds; lower folds")
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    out = np.empty(len(labels), dtype=np.int64)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        try:
-            for f, (_, held) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
-                out[held] = f
-        except ValueError as exc:
-            raise GraphError(f"stacking: cannot make {folds} folds ({exc}); lower folds") from None
-    return out
+    return stratified_folds(labels, folds, seed, "stacking")
 
 
 def fit_pool_model(
