@@ -18,6 +18,16 @@ from .common import ClassificationLoss, check_class_weights, check_number
 _MIN_ONE_MINUS_P = 1e-30
 
 
+def _weights_for(logits: Tensor, class_weights: Tensor) -> Tensor:
+    """One weight per class, on the logits' device and dtype; another count is a RecipeError."""
+    if class_weights.numel() != logits.shape[1]:
+        raise RecipeError(
+            f"focal loss has {class_weights.numel()} class weights for {logits.shape[1]} "
+            f"classes; give one weight per class"
+        )
+    return class_weights.to(device=logits.device, dtype=logits.dtype)
+
+
 def focal_per_sample(
     logits: Tensor, target: Tensor, gamma: float, class_weights: Tensor | None = None
 ) -> Tensor:
@@ -26,12 +36,7 @@ def focal_per_sample(
     one_minus_p = (-torch.expm1(log_p)).clamp_min(_MIN_ONE_MINUS_P)
     terms = -target * one_minus_p.pow(gamma) * log_p
     if class_weights is not None:
-        if class_weights.numel() != logits.shape[1]:
-            raise RecipeError(
-                f"focal loss has {class_weights.numel()} class weights for {logits.shape[1]} "
-                f"classes; give one weight per class"
-            )
-        terms = terms * class_weights.to(device=logits.device, dtype=logits.dtype)
+        terms = terms * _weights_for(logits, class_weights)
     return terms.sum(dim=1)
 
 
@@ -53,12 +58,7 @@ def sigmoid_focal_per_sample(
     neg = -torch.exp(gamma * log_s) * log_1ms
     weighted = target
     if class_weights is not None:
-        if class_weights.numel() != logits.shape[1]:
-            raise RecipeError(
-                f"focal loss has {class_weights.numel()} class weights for {logits.shape[1]} "
-                f"classes; give one weight per class"
-            )
-        weighted = target * class_weights.to(device=logits.device, dtype=logits.dtype)
+        weighted = target * _weights_for(logits, class_weights)
     return (weighted * (pos - neg)).sum(dim=1) + weighted.sum(dim=1) * neg.sum(dim=1)
 
 
