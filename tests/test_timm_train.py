@@ -465,21 +465,27 @@ def test_run_folder_contents(finished_run, tiny_digits):
     assert last["epoch"] == 3 and len(last["history"]) == 3
 
 
-def test_resume_ends_with_the_same_weights(finished_run, tiny_digits, tmp_path):
-    recipe, uninterrupted = finished_run
-    train_s, val_s = training_samples(tiny_digits, recipe)
+class Interrupted(Exception):
+    pass
 
-    class Interrupted(Exception):
-        pass
+
+def train_until_epoch_2(recipe, train_s, val_s, classes, run_dir) -> None:
+    """A run stopped after its second epoch, as a kill after that epoch's checkpoint would."""
 
     def stop_after_two(row):
         if row["epoch"] == 2:
             raise Interrupted
 
-    run_dir = tmp_path / "run"
     with pytest.raises(Interrupted):
-        train(recipe, train_s, val_s, tiny_digits.classes, run_dir, console=QUIET,
-              on_epoch_end=stop_after_two)  # fmt: skip
+        train(recipe, train_s, val_s, classes, run_dir, console=QUIET, on_epoch_end=stop_after_two)
+
+
+def test_resume_ends_with_the_same_weights(finished_run, tiny_digits, tmp_path):
+    recipe, uninterrupted = finished_run
+    train_s, val_s = training_samples(tiny_digits, recipe)
+
+    run_dir = tmp_path / "run"
+    train_until_epoch_2(recipe, train_s, val_s, tiny_digits.classes, run_dir)
     assert load_checkpoint(run_dir / "last.pth")["epoch"] == 2
     with pytest.raises(RecipeError, match="--resume"):
         train(recipe, train_s, val_s, tiny_digits.classes, run_dir, console=QUIET)
@@ -572,17 +578,8 @@ def test_dsb_focal_resume_ends_where_an_uninterrupted_run_ends(tiny_digits, tmp_
     train_s, val_s = training_samples(tiny_digits, recipe)
     whole = train(recipe, train_s, val_s, tiny_digits.classes, tmp_path / "whole", console=QUIET)
 
-    class Interrupted(Exception):
-        pass
-
-    def stop_after_two(row):
-        if row["epoch"] == 2:
-            raise Interrupted
-
     run_dir = tmp_path / "run"
-    with pytest.raises(Interrupted):
-        train(recipe, train_s, val_s, tiny_digits.classes, run_dir, console=QUIET,
-              on_epoch_end=stop_after_two)  # fmt: skip
+    train_until_epoch_2(recipe, train_s, val_s, tiny_digits.classes, run_dir)
     resumed = train(recipe, train_s, val_s, tiny_digits.classes, run_dir, resume=True,
                     console=QUIET)  # fmt: skip
     a, b = load_checkpoint(whole.last_path), load_checkpoint(resumed.last_path)
