@@ -17,20 +17,6 @@ from .workers import TrainTask
 
 WEAK_FILE = "weak.txt"  # the class list the specialists train on, as `ee weak-classes -o` writes
 
-# ``ee produce`` options for the recipe fields the demo sets (TrainTask.overrides' keys).
-_OPTIONS = {
-    "epochs": "--epochs",
-    "batch_size": "--batch-size",
-    "seed": "--seed",
-    "img_size": "--img-size",
-    "workers": "--workers",
-    "device": "--device",
-    "test_sizes": "--test-sizes",
-    "tta": "--tta",
-    "subset_per_class": "--subset-per-class",
-    "other_per_class": "--other-per-class",
-}
-
 
 def _value(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
@@ -50,7 +36,7 @@ def produce_command(task: TrainTask, weak_file: Path | None = None) -> str:
             for field, v in value.items():
                 words += ["--set", f"{field}={_value(v)}"]
         else:
-            words += [_OPTIONS[key], _value(value)]
+            words += ["--" + key.replace("_", "-"), _value(value)]  # click's option names
     if task.subset:
         if weak_file is None:
             raise ValueError("a specialist's command needs the class-list file")
