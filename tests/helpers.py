@@ -1,5 +1,6 @@
-"""Shared test data and checks: small digits trees, the "nothing written" snapshot, and
-dsb_focal's class weights recomputed from its pools (numpy, from the definition)."""
+"""Shared test data and checks: small digits trees, the "nothing written" snapshot,
+dsb_focal's class weights recomputed from its pools (numpy, from the definition), and a counter
+of the aten ops torch dispatches (what a GPU would launch)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,24 @@ def numpy_dsb_weights(pool: np.ndarray, count: np.ndarray) -> np.ndarray:
         scales.append(0.5 * logdet / math.log(2))
     inverse = 1 / np.array(scales)
     return inverse / inverse.mean()
+
+
+def op_counter():
+    """A context manager counting, by name, the aten ops torch dispatches inside it (``.ops``).
+
+    torch's ``TorchDispatchMode`` is private (torch.utils._python_dispatch); it is imported here
+    only when a test counts ops (tests/test_dependency_internals.py says when it moves)."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountOps(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops: Counter[str] = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[str(func.overloadpacket)] += 1
+            return func(*args, **(kwargs or {}))
+
+    return CountOps()

@@ -11,7 +11,6 @@ import asyncio
 import importlib
 import json
 import re
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from helpers import op_counter
 from zarr.buffer import default_buffer_prototype
 from zarr.storage import LocalStore, StorePath
 
@@ -150,27 +150,16 @@ def test_torch_fused_kernel_devices_are_those_fused_sgd_accepts():
 
 
 def test_torch_dispatch_mode_sees_each_op():
-    """``TorchDispatchMode`` (torch.utils._python_dispatch), with which tests/test_tta_batched.py
-    and tools/bench_views.py count the kernels a batch of views launches."""
+    """``TorchDispatchMode`` (torch.utils._python_dispatch), with which tests/helpers.py
+    (``op_counter``) and tools/bench_views.py count the kernels a batch of views launches."""
     try:
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        class Count(TorchDispatchMode):
-            def __init__(self) -> None:
-                super().__init__()
-                self.ops: Counter[str] = Counter()
-
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                self.ops[str(func.overloadpacket)] += 1
-                return func(*args, **(kwargs or {}))
-
-        with Count() as seen:
+        with op_counter() as seen:
             torch.ones(3) + 1
         assert seen.ops["aten.add"] == 1, seen.ops
     except Exception as exc:
         pytest.fail(
             f"torch {torch.__version__} changed torch.utils._python_dispatch.TorchDispatchMode: "
-            f"update tests/test_tta_batched.py and tools/bench_views.py ({exc!r})",
+            f"update tests/helpers.py and tools/bench_views.py ({exc!r})",
             pytrace=False,
         )
 

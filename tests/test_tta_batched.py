@@ -3,14 +3,12 @@ them, against torchvision's own functional ops applied image by image."""
 
 from __future__ import annotations
 
-from collections import Counter
-
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 from ee_tta import batched, view_generator
 from ee_tta.views import ColorJitter, Rotate, from_pixels, to_pixels
-from torch.utils._python_dispatch import TorchDispatchMode
+from helpers import op_counter
 from torchvision.transforms import InterpolationMode
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -128,16 +126,6 @@ def test_views_draw_the_same_numbers_and_give_the_per_image_result(view):
     assert torch.allclose(out, expected, atol=3e-5)
 
 
-class CountOps(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[str(func.overloadpacket)] += 1
-        return func(*args, **(kwargs or {}))
-
-
 HOST_READS = ("tolist", "item", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu")
 
 
@@ -148,7 +136,7 @@ def test_random_views_run_the_same_ops_for_any_batch_and_read_nothing_back(view,
     counts = []
     for n in (2, 16):
         images = torch.randn(n, 3, 8, 8)
-        with CountOps() as mode:
+        with op_counter() as mode:
             view(images, view_generator(0, "ops", n))
         counts.append(mode.ops)
     assert counts[0] == counts[1]  # no op per image: a GPU launches as many kernels for 2 as 16
